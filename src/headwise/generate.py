@@ -1,0 +1,51 @@
+"""Greedy decoding with a hook after every decode step, for probes that read the step's attention."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+
+from headwise.probe import control_of
+
+MAX_NEW_TOKENS = 32
+
+
+def stop_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    """Token ids that end an answer: the tokenizer's EOS and the generation config's EOS ids."""
+    ids = model.generation_config.eos_token_id
+    ids = set(ids if isinstance(ids, list) else [] if ids is None else [ids])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+@torch.inference_mode()
+def greedy(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    ids: torch.Tensor,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    on_step: Callable[[int, int], None] | None = None,
+) -> str:
+    """Greedy answer to the 1-D prompt `ids`. After each decode (query length 1) step, `on_step(token,
+    seq_len)` gets the token that step produced and the sequence length its query attended to."""
+    control = control_of(model)
+    stops = stop_ids(model, tokenizer)
+    cache = DynamicCache(config=model.config)
+    device = model.device
+    out = model(ids[None].to(device), past_key_values=cache, use_cache=True, logits_to_keep=1)
+    token = int(out.logits[0, -1].argmax())
+    produced = [token]
+    seq_len = len(ids)
+    while token not in stops and len(produced) < max_new_tokens:
+        seq_len += 1
+        if control.recorder is not None:
+            control.recorder.seq_len = seq_len
+        out = model(torch.tensor([[token]], device=device), past_key_values=cache, use_cache=True)
+        token = int(out.logits[0, -1].argmax())
+        produced.append(token)
+        if on_step is not None:
+            on_step(token, seq_len)
+    return tokenizer.decode([t for t in produced if t not in stops], skip_special_tokens=True).strip()

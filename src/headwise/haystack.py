@@ -1,0 +1,95 @@
+"""Real-prose haystacks: shipped public-domain books or a user's text, cut to an exact token count."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+from transformers import PreTrainedTokenizerBase
+
+from headwise.errors import HeadwiseError
+
+BOOKS = ("frankenstein", "pride-and-prejudice", "moby-dick")
+DEFAULT_BOOK = "frankenstein"
+_PROSE_END = ".!?\"'”’)"
+_GUTENBERG = re.compile(r"\*\*\* START OF[^\n]*\n(.*?)\n\*\*\* END OF", re.S)
+# A sentence starts after . ! or ? (optionally closed by quotes or brackets) and whitespace, at a capital or quote.
+_SENTENCE_START = re.compile(r"(?<=[.!?])[\"'”’)\]]*\s+(?=[\"“‘'(]?[A-Z])")
+
+
+def clean_text(raw: str) -> str:
+    """Keep a Gutenberg book's body; join wrapped lines; drop short lines such as headings and contents."""
+    match = _GUTENBERG.search(raw)
+    body = match.group(1) if match else raw
+    paragraphs = (" ".join(p.split()) for p in re.split(r"\n\s*\n", body))
+    return "\n\n".join(p for p in paragraphs if len(p) >= 80 and p[-1] in _PROSE_END)
+
+
+@dataclass
+class Haystack:
+    """A prose source; `tokens()` gives its token ids and the token indices where sentences start."""
+
+    name: str
+    text: str
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def tokens(self, tokenizer: PreTrainedTokenizerBase) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids of the whole text and the sorted token indices that begin a sentence (cached)."""
+        key = (tokenizer.name_or_path, len(tokenizer))
+        if key not in self._cache:
+            enc = tokenizer(self.text, add_special_tokens=False, return_offsets_mapping=True)
+            ids = np.asarray(enc["input_ids"], dtype=np.int64)
+            ends = np.asarray([e for _, e in enc["offset_mapping"]])
+            chars = np.asarray([0] + [m.end() for m in _SENTENCE_START.finditer(self.text)])
+            # A sentence begins at the first token that reaches the whitespace before it (or its first letter).
+            bounds = np.unique(np.searchsorted(ends, chars - 1, side="right"))
+            self._cache[key] = (ids, bounds)
+        return self._cache[key]
+
+    def cut(
+        self, tokenizer: PreTrainedTokenizerBase, length: int, start: int, insert: np.ndarray | None = None, depth: float = 0.5
+    ) -> tuple[np.ndarray, int]:
+        """`length` tokens of prose from sentence `start` (wrapping around), with `insert` placed at a
+        sentence boundary at or before `depth` of the way in. Returns (ids, insert position)."""
+        ids, bounds = self.tokens(tokenizer)
+        extra = 0 if insert is None else len(insert)
+        body = length - extra
+        if body < 0:
+            raise HeadwiseError(f"a haystack of {length} tokens cannot hold a needle of {extra} tokens")
+        first = bounds[start % len(bounds)]
+        take = (first + np.arange(body)) % len(ids)
+        rel = np.sort((bounds - first) % len(ids))
+        rel = rel[rel <= body]
+        target = round(depth * body)
+        pos = int(rel[rel <= target].max()) if depth < 1 else body
+        out = ids[take]
+        if insert is None:
+            return out, pos
+        return np.concatenate([out[:pos], insert, out[pos:]]), pos
+
+    def num_sentences(self, tokenizer: PreTrainedTokenizerBase) -> int:
+        """How many sentence starts the text has in this tokenizer's ids."""
+        return len(self.tokens(tokenizer)[1])
+
+
+def load_haystack(name_or_path: str = DEFAULT_BOOK) -> Haystack:
+    """A shipped book by name (frankenstein, pride-and-prejudice, moby-dick) or a UTF-8 text file."""
+    if name_or_path in BOOKS:
+        raw = resources.files("headwise.data.books").joinpath(f"{name_or_path}.txt").read_text("utf-8")
+        return Haystack(name_or_path, clean_text(raw))
+    path = Path(name_or_path).expanduser()
+    try:
+        raw = path.read_text("utf-8")
+    except FileNotFoundError:
+        raise HeadwiseError(
+            f"haystack {name_or_path!r} is neither a shipped book ({', '.join(BOOKS)}) nor an existing file"
+        ) from None
+    except (UnicodeDecodeError, IsADirectoryError, PermissionError) as exc:
+        raise HeadwiseError(f"cannot read haystack file {path}: {exc}; give a UTF-8 text file") from None
+    text = clean_text(raw)
+    if len(text) < 2000:
+        raise HeadwiseError(f"haystack file {path} has too little prose ({len(text)} characters after cleaning); give a longer text")
+    return Haystack(path.stem, text)

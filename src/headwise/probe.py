@@ -1,0 +1,153 @@
+"""Read and steer attention per head through transformers' attention interface.
+
+headwise registers one attention function, "headwise". Prefill (query length > 1) runs the
+fast SDPA path untouched, so no full attention matrix is ever built. Decode steps (query
+length 1) compute their single attention row per head in float32: that row is what the
+retrieval score reads, and what the uniform-attention mask flattens. Zero-masking removes a
+head's output before the output projection on every step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from transformers import AttentionInterface, PreTrainedModel
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from headwise.errors import HeadwiseError
+from headwise.models import model_shape
+
+IMPLEMENTATION = "headwise"
+SINK_TOKENS = 4
+
+
+class DecodeRecorder:
+    """Per decode step: each head's most-attended absolute position and its attention mass on sink tokens."""
+
+    def __init__(self, num_layers: int, num_heads: int, sink: int = SINK_TOKENS) -> None:
+        self.sink = sink
+        self.argmax = torch.full((num_layers, num_heads), -1, dtype=torch.long)
+        self.sink_mass = torch.zeros(num_layers, num_heads)
+        self.seq_len = 0
+
+    def record(self, layer: int, weights: torch.Tensor) -> None:
+        """Store batch row 0 of `weights` (batch, heads, kv_len); positions are made absolute."""
+        offset = self.seq_len - weights.shape[-1]  # sliding-window caches hold only a recent suffix
+        self.argmax[layer] = weights[0].argmax(-1).cpu() + offset
+        self.sink_mass[layer] = weights[0, :, : max(self.sink - offset, 0)].sum(-1).cpu()
+
+
+@dataclass
+class HeadControl:
+    """What the attention function should do, per layer: heads to zero, heads to flatten, a recorder."""
+
+    zero: dict[int, torch.Tensor] = field(default_factory=dict)
+    uniform: dict[int, list[int]] = field(default_factory=dict)
+    recorder: DecodeRecorder | None = None
+
+
+def _decode_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    control: HeadControl,
+    softcap: float | None,
+) -> torch.Tensor:
+    """One query row per head in float32, with optional flattening and recording. Returns (B, 1, H, D)."""
+    batch, heads, _, dim = query.shape
+    kv_heads, kv_len = key.shape[1], key.shape[2]
+    q = query.float().view(batch, kv_heads, heads // kv_heads, dim)
+    scores = torch.einsum("bkgd,bktd->bkgt", q, key.float()).reshape(batch, heads, kv_len) * scaling
+    if softcap:
+        scores = torch.tanh(scores / softcap) * softcap
+    valid = None
+    if attention_mask is not None:
+        row = attention_mask[:, :, -1, -kv_len:]
+        if row.dtype == torch.bool:
+            valid = row.expand(batch, heads, kv_len)
+            scores = scores.masked_fill(~valid, float("-inf"))
+        else:
+            scores = scores + row.float()
+            valid = torch.isfinite(row).expand(batch, heads, kv_len)
+    weights = scores.softmax(-1)
+    flat = control.uniform.get(module.layer_idx)
+    if flat:
+        keep = torch.ones(batch, len(flat), kv_len) if valid is None else valid[:, flat].float()
+        weights[:, flat] = keep / keep.sum(-1, keepdim=True)
+    if control.recorder is not None:
+        control.recorder.record(module.layer_idx, weights)
+    out = torch.einsum("bkgt,bktd->bkgd", weights.view(batch, kv_heads, -1, kv_len), value.float())
+    return out.reshape(batch, heads, 1, dim).transpose(1, 2).to(query.dtype)
+
+
+def headwise_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """Attention function registered as "headwise": SDPA, plus per-head reading and masking."""
+    control: HeadControl | None = getattr(module, "_headwise", None)
+    decode = query.shape[2] == 1
+    if control is not None and decode and (control.recorder is not None or control.uniform.get(module.layer_idx)):
+        if kwargs.get("s_aux") is not None:
+            raise HeadwiseError("models with attention sinks (s_aux) are not supported by the headwise probe yet")
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        out = _decode_attention(module, query, key, value, attention_mask, scale, control, kwargs.get("softcap"))
+    else:
+        out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    if control is not None and module.layer_idx in control.zero:
+        out = out * control.zero[module.layer_idx].to(out.dtype)[None, None, :, None]
+    return out, None
+
+
+AttentionInterface.register(IMPLEMENTATION, headwise_attention)
+AttentionMaskInterface.register(IMPLEMENTATION, sdpa_mask)
+
+
+def attention_modules(model: PreTrainedModel) -> list[torch.nn.Module]:
+    """The self-attention modules, in layer order (they carry `layer_idx` and `scaling`)."""
+    mods = [m for m in model.modules() if hasattr(m, "layer_idx") and hasattr(m, "scaling")]
+    if len(mods) != model_shape(model).num_layers:
+        raise HeadwiseError(
+            f"{type(model).__name__}: found {len(mods)} attention modules for "
+            f"{model_shape(model).num_layers} layers; this attention layout is not supported"
+        )
+    return sorted(mods, key=lambda m: m.layer_idx)
+
+
+def control_of(model: PreTrainedModel) -> HeadControl:
+    """Install the headwise attention function on `model` (once) and return its shared control."""
+    control = getattr(model, "_headwise_control", None)
+    if control is None:
+        if getattr(model.config, "use_bidirectional_attention", False):
+            raise HeadwiseError("bidirectional attention models are not supported")
+        control = HeadControl()
+        for module in attention_modules(model):
+            module._headwise = control
+        model.set_attn_implementation(IMPLEMENTATION)
+        model._headwise_control = control
+    return control
+
+
+@contextmanager
+def recording(model: PreTrainedModel) -> Iterator[DecodeRecorder]:
+    """Record decode-step attention (argmax and sink mass per head) while the block runs."""
+    control = control_of(model)
+    shape = model_shape(model)
+    control.recorder = DecodeRecorder(shape.num_layers, shape.num_heads)
+    try:
+        yield control.recorder
+    finally:
+        control.recorder = None

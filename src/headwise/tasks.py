@@ -1,0 +1,149 @@
+"""Needle-in-a-haystack tests: prompt ids with the needle's exact token span, the gold answer, a scorer."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from headwise.errors import HeadwiseError
+from headwise.haystack import Haystack
+
+PLACEHOLDER = "<<HEADWISE-CONTEXT>>"
+INSTRUCTION = "Read the text below, then answer the question that follows it.\n\n"
+ASK = "\n\nQuestion: {question}\nAnswer in one short sentence."
+
+
+@dataclass(frozen=True)
+class Needle:
+    """A fact to hide (`needle`), the question that asks for it and the answer words that must come back."""
+
+    needle: str
+    question: str
+    answer: str
+
+
+@dataclass
+class NeedleTest:
+    """One prompt: token ids, the needle's [start, end) span in them, and where it sits."""
+
+    ids: torch.Tensor
+    span: tuple[int, int]
+    needle: Needle
+    length: int
+    depth: float
+    haystack: str
+
+    @property
+    def needle_ids(self) -> torch.Tensor:
+        """The needle's token ids as they appear in the prompt."""
+        return self.ids[self.span[0] : self.span[1]]
+
+
+def load_needles(path: str | Path | None = None) -> list[Needle]:
+    """Shipped needles, or a JSON list of {"needle", "question", "answer"} objects from `path`."""
+    try:
+        raw = (
+            resources.files("headwise.data").joinpath("needles.json").read_text("utf-8")
+            if path is None
+            else Path(path).read_text("utf-8")
+        )
+        needles = [Needle(d["needle"], d["question"], d["answer"]) for d in json.loads(raw)]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise HeadwiseError(
+            f"cannot read needles from {path}: {exc}; expected a JSON list of objects with needle, question, answer"
+        ) from None
+    if not needles:
+        raise HeadwiseError(f"no needles in {path}")
+    return needles
+
+
+def passkey_needles(count: int, seed: int = 0) -> list[Needle]:
+    """Passkey retrieval needles (Mohtashami and Jaggi 2023): a random 5-digit key to repeat back."""
+    rng = random.Random(seed)
+    keys = [str(rng.randrange(10000, 100000)) for _ in range(count)]
+    return [Needle(f"The pass key is {k}. Remember it. {k} is the pass key.", "What is the pass key?", k) for k in keys]
+
+
+def words(text: str) -> list[str]:
+    """Lower-case alphanumeric words, the unit ROUGE-1 counts."""
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+def rouge1_recall(reference: str, response: str) -> float:
+    """Share of the reference's words (with multiplicity) that the response contains."""
+    ref, got = words(reference), words(response)
+    if not ref:
+        return 0.0
+    remaining = {w: got.count(w) for w in set(got)}
+    hits = 0
+    for w in ref:
+        if remaining.get(w, 0) > 0:
+            remaining[w] -= 1
+            hits += 1
+    return hits / len(ref)
+
+
+def is_correct(needle: Needle, response: str) -> bool:
+    """A response is right when it recalls more than half of the answer's words (ROUGE-1 recall > 0.5)."""
+    return rouge1_recall(needle.answer, response) > 0.5
+
+
+def prompt_parts(tokenizer: PreTrainedTokenizerBase, question: str) -> tuple[list[int], list[int]]:
+    """Token ids before and after the context, via the chat template when the tokenizer has one."""
+    user = INSTRUCTION + PLACEHOLDER + ASK.format(question=question)
+    if tokenizer.chat_template:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
+    else:
+        text = user + "\nAnswer:"
+    head, tail = text.split(PLACEHOLDER)
+    head_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
+    if tokenizer.bos_token_id is not None and not tokenizer.chat_template:
+        head_ids = [tokenizer.bos_token_id, *head_ids]
+    return head_ids, tokenizer(tail, add_special_tokens=False)["input_ids"]
+
+
+def make_test(
+    tokenizer: PreTrainedTokenizerBase, haystack: Haystack, needle: Needle, length: int, depth: float, start: int
+) -> NeedleTest:
+    """A prompt whose context is exactly `length` tokens of prose with the needle at `depth` (0 = start, 1 = end)."""
+    head, tail = prompt_parts(tokenizer, needle.question)
+    needle_ids = np.asarray(tokenizer(" " + needle.needle, add_special_tokens=False)["input_ids"])
+    context, pos = haystack.cut(tokenizer, length, start, needle_ids, depth)
+    ids = torch.tensor(np.concatenate([head, context, tail]), dtype=torch.long)
+    begin = len(head) + pos
+    return NeedleTest(ids, (begin, begin + len(needle_ids)), needle, length, depth, haystack.name)
+
+
+def make_tests(
+    tokenizer: PreTrainedTokenizerBase,
+    haystack: Haystack,
+    needles: list[Needle],
+    lengths: list[int],
+    depths: list[float],
+    seed: int = 0,
+) -> list[NeedleTest]:
+    """Every (needle, length, depth) combination; each test's prose starts at its own random sentence."""
+    if not needles or not lengths or not depths:
+        raise HeadwiseError("needle tests need at least one needle, one length and one depth")
+    for d in depths:
+        if not 0.0 <= d <= 1.0:
+            raise HeadwiseError(f"depth {d} is outside [0, 1]; depths are fractions of the context (0 = start)")
+    for n in lengths:
+        if n < 64:
+            raise HeadwiseError(f"length {n} is too short; use at least 64 tokens")
+    rng = random.Random(seed)
+    sentences = haystack.num_sentences(tokenizer)
+    return [
+        make_test(tokenizer, haystack, needle, length, depth, rng.randrange(sentences))
+        for needle in needles
+        for length in lengths
+        for depth in depths
+    ]
