@@ -19,6 +19,10 @@ from headwise.probe import control_of
 from headwise.tasks import NeedleTest
 
 MODES = ("zero", "uniform")
+# A grid where the default model is reliable unmasked (the causal test needs a high baseline).
+DEFAULT_LENGTHS = [500, 1000]
+DEFAULT_DEPTHS = [0.1, 0.5, 0.9]
+DEFAULT_NEEDLES = 4
 
 
 @contextmanager
@@ -35,7 +39,9 @@ def mask_heads(model: PreTrainedModel, heads: Iterable[Head], mode: str = "zero"
     heads = sorted(set(heads))
     for layer, head in heads:
         if not (0 <= layer < shape.num_layers and 0 <= head < shape.num_heads):
-            raise HeadwiseError(f"head ({layer}, {head}) is outside this model's {shape.num_layers} x {shape.num_heads} heads")
+            raise HeadwiseError(
+                f"head ({layer}, {head}) is outside this model's {shape.num_layers} x {shape.num_heads} heads"
+            )
     control = control_of(model)
     saved_zero, saved_uniform = dict(control.zero), dict(control.uniform)
     by_layer: dict[int, list[int]] = {}

@@ -50,7 +50,12 @@ class Haystack:
         return self._cache[key]
 
     def cut(
-        self, tokenizer: PreTrainedTokenizerBase, length: int, start: int, insert: np.ndarray | None = None, depth: float = 0.5
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        length: int,
+        start: int,
+        insert: np.ndarray | None = None,
+        depth: float = 0.5,
     ) -> tuple[np.ndarray, int]:
         """`length` tokens of prose from sentence `start` (wrapping around), with `insert` placed at a
         sentence boundary at or before `depth` of the way in. Returns (ids, insert position)."""
@@ -91,5 +96,7 @@ def load_haystack(name_or_path: str = DEFAULT_BOOK) -> Haystack:
         raise HeadwiseError(f"cannot read haystack file {path}: {exc}; give a UTF-8 text file") from None
     text = clean_text(raw)
     if len(text) < 2000:
-        raise HeadwiseError(f"haystack file {path} has too little prose ({len(text)} characters after cleaning); give a longer text")
+        raise HeadwiseError(
+            f"haystack file {path} has too little prose ({len(text)} characters after cleaning); give a longer text"
+        )
     return Haystack(path.stem, text)

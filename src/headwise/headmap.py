@@ -35,7 +35,9 @@ class HeadMap:
     def __post_init__(self) -> None:
         self.scores = np.asarray(self.scores, dtype=np.float64)
         if self.scores.ndim != 2 or self.scores.size == 0:
-            raise HeadwiseError(f"head map scores must be a non-empty layers x heads table, got shape {self.scores.shape}")
+            raise HeadwiseError(
+                f"head map scores must be a non-empty layers x heads table, got shape {self.scores.shape}"
+            )
         if not np.isfinite(self.scores).all():
             raise HeadwiseError("head map scores contain NaN or infinite values")
         if self.num_kv_heads < 1 or self.num_heads % self.num_kv_heads:
@@ -98,7 +100,11 @@ class HeadMap:
     def check_model(self, model: PreTrainedModel) -> None:
         """Refuse a head map measured on a model of a different name or attention shape."""
         shape = model_shape(model)
-        if (self.num_layers, self.num_heads, self.num_kv_heads) != (shape.num_layers, shape.num_heads, shape.num_kv_heads):
+        if (self.num_layers, self.num_heads, self.num_kv_heads) != (
+            shape.num_layers,
+            shape.num_heads,
+            shape.num_kv_heads,
+        ):
             raise HeadwiseError(
                 f"head map is for {self.model!r} with {self.num_layers} layers x {self.num_heads} heads "
                 f"({self.num_kv_heads} KV heads), but the model has {shape.num_layers} x {shape.num_heads} "
@@ -135,7 +141,9 @@ class HeadMap:
         if path.suffix == ".tsv":
             text = "\n".join("\t".join(f"{v:.6f}" for v in row) for row in self.kv_scores()) + "\n"
         elif path.name.endswith(".rh.json"):
-            text = json.dumps({f"{l}-{h}": [float(self.scores[l, h])] for l in range(self.num_layers) for h in range(self.num_heads)})
+            text = json.dumps(
+                {f"{l}-{h}": [float(self.scores[l, h])] for l in range(self.num_layers) for h in range(self.num_heads)}
+            )
         else:
             text = json.dumps(self.to_dict(), indent=1)
         path.write_text(text)
@@ -145,12 +153,21 @@ class HeadMap:
     def from_dict(cls, doc: dict, source: str = "head map") -> HeadMap:
         """Validate and build from the native JSON document."""
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-            raise HeadwiseError(f"{source} is not a headwise head map (no \"format\": \"{FORMAT}\")")
+            raise HeadwiseError(f'{source} is not a headwise head map (no "format": "{FORMAT}")')
         if doc.get("version") != VERSION:
-            raise HeadwiseError(f"{source} has head map version {doc.get('version')}; this headwise reads version {VERSION}")
+            raise HeadwiseError(
+                f"{source} has head map version {doc.get('version')}; this headwise reads version {VERSION}"
+            )
         try:
             scores = np.asarray(doc["scores"], dtype=np.float64)
-            hm = cls(doc["model"], scores, int(doc["num_kv_heads"]), doc.get("kind", "retrieval"), doc.get("method", {}), doc.get("sink"))
+            hm = cls(
+                doc["model"],
+                scores,
+                int(doc["num_kv_heads"]),
+                doc.get("kind", "retrieval"),
+                doc.get("method", {}),
+                doc.get("sink"),
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise HeadwiseError(f"{source} is malformed ({exc.__class__.__name__}: {exc})") from None
         if hm.scores.shape != (doc.get("num_layers"), doc.get("num_heads")):
@@ -202,7 +219,9 @@ class HeadMap:
                     f"{path}: entry {key!r} does not fit a {shape.num_layers} x {shape.num_heads} model "
                     "(keys are 'layer-head', values lists of scores)"
                 ) from None
-        return cls(model_id(model), scores, shape.num_kv_heads, method={"imported_from": "Retrieval_Head", "file": str(path)})
+        return cls(
+            model_id(model), scores, shape.num_kv_heads, method={"imported_from": "Retrieval_Head", "file": str(path)}
+        )
 
     @classmethod
     def _from_duo_tsv(cls, text: str, path: Path, model: PreTrainedModel | None) -> HeadMap:
@@ -216,10 +235,17 @@ class HeadMap:
             raise HeadwiseError(f"{path} is not a table of numbers: {exc}") from None
         if kv.shape != (shape.num_layers, shape.num_kv_heads):
             raise HeadwiseError(
-                f"{path} has shape {kv.shape}; {model_id(model)} needs {shape.num_layers} layers x {shape.num_kv_heads} KV heads"
+                f"{path} has shape {kv.shape}; {model_id(model)} needs "
+                f"{shape.num_layers} layers x {shape.num_kv_heads} KV heads"
             )
         scores = np.repeat(kv, shape.group, axis=1)
-        return cls(model_id(model), scores, shape.num_kv_heads, kind="duo_gate", method={"imported_from": "DuoAttention", "file": str(path)})
+        return cls(
+            model_id(model),
+            scores,
+            shape.num_kv_heads,
+            kind="duo_gate",
+            method={"imported_from": "DuoAttention", "file": str(path)},
+        )
 
     # --- picture ------------------------------------------------------------------------------
     def plot(self, path: str | Path, label_top: int = 10, threshold: float = 0.1) -> Path:
@@ -256,4 +282,3 @@ class HeadMap:
 def overlap(a: HeadMap, b: HeadMap, k: int = 10) -> int:
     """How many of the top-k heads two maps share (a stability measure)."""
     return len(set(a.top(k)) & set(b.top(k)))
-

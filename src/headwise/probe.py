@@ -106,7 +106,9 @@ def headwise_attention(
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
         out = _decode_attention(module, query, key, value, attention_mask, scale, control, kwargs.get("softcap"))
     else:
-        out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        out, _ = sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     if control is not None and module.layer_idx in control.zero:
         out = out * control.zero[module.layer_idx].to(out.dtype)[None, None, :, None]
     return out, None

@@ -65,6 +65,14 @@ def load_needles(path: str | Path | None = None) -> list[Needle]:
     return needles
 
 
+def pick_needles(pool: list[Needle], count: int, held_out: bool = False) -> list[Needle]:
+    """The first `count` needles (profiling), or the last `count` (`held_out`: ablation and NIAH default to
+    needles the default profile never saw)."""
+    if not 1 <= count <= len(pool):
+        raise HeadwiseError(f"asked for {count} needles; choose between 1 and {len(pool)} (the needles available)")
+    return pool[-count:] if held_out else pool[:count]
+
+
 def passkey_needles(count: int, seed: int = 0) -> list[Needle]:
     """Passkey retrieval needles (Mohtashami and Jaggi 2023): a random 5-digit key to repeat back."""
     rng = random.Random(seed)
@@ -100,7 +108,9 @@ def prompt_parts(tokenizer: PreTrainedTokenizerBase, question: str) -> tuple[lis
     """Token ids before and after the context, via the chat template when the tokenizer has one."""
     user = INSTRUCTION + PLACEHOLDER + ASK.format(question=question)
     if tokenizer.chat_template:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
+        )
     else:
         text = user + "\nAnswer:"
     head, tail = text.split(PLACEHOLDER)

@@ -1,0 +1,245 @@
+"""The `headwise` command: a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from headwise import ablate as _ablate
+from headwise import profile as _profile
+from headwise.errors import HeadwiseError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Find retrieval heads and put them to work.")
+
+Model = Annotated[
+    str, typer.Option(help="smollm2-135m, gemma3-270m, a Hugging Face id, a model directory or a .gguf file")
+]
+Dtype = Annotated[str, typer.Option(help="float32 or bfloat16")]
+Lengths = Annotated[str, typer.Option(help="context lengths in tokens, comma-separated")]
+Depths = Annotated[str, typer.Option(help="needle depths as fractions (0 = start, 1 = end), comma-separated")]
+Needles = Annotated[int, typer.Option(help="how many different needles per (length, depth)")]
+NeedlesFile = Annotated[
+    Path | None, typer.Option(help="JSON list of {needle, question, answer}; default: the shipped needles")
+]
+Haystack = Annotated[str, typer.Option(help="frankenstein, pride-and-prejudice, moby-dick, or a UTF-8 text file")]
+Seed = Annotated[int, typer.Option(help="seed for where each test's prose starts and for random draws")]
+
+
+def _user_errors(fn: Callable) -> Callable:
+    """Print HeadwiseError as one line on stderr and exit 2 instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except HeadwiseError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _numbers(text: str, kind: type, what: str) -> list:
+    """Parse '500,1000' into numbers of `kind`."""
+    try:
+        values = [kind(x) for x in re.split(r"[,\s]+", text.strip()) if x]
+    except ValueError:
+        raise HeadwiseError(f"--{what} must be comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise HeadwiseError(f"--{what} is empty")
+    return values
+
+
+@dataclass
+class _Grid:
+    """Needle-test settings read and checked before the (slow) model load, so bad input fails fast."""
+
+    haystack: object
+    needles: list
+    lengths: list[int]
+    depths: list[float]
+    seed: int
+
+    def tests(self, tokenizer):
+        """The needle tests for this tokenizer."""
+        from headwise.tasks import make_tests
+
+        return make_tests(tokenizer, self.haystack, self.needles, self.lengths, self.depths, self.seed)
+
+
+def _grid(
+    haystack: str, needles: int, needles_file: Path | None, lengths: str, depths: str, seed: int, held_out: bool
+) -> _Grid:
+    """Read the haystack and needles; ablation and NIAH default to needles the default profile never saw."""
+    from headwise.haystack import load_haystack
+    from headwise.tasks import load_needles, pick_needles
+
+    return _Grid(
+        load_haystack(haystack),
+        pick_needles(load_needles(needles_file), needles, held_out),
+        _numbers(lengths, int, "lengths"),
+        _numbers(depths, float, "depths"),
+        seed,
+    )
+
+
+def _csv(values: list) -> str:
+    """Defaults from the API, in the CLI's comma-separated form."""
+    return ",".join(str(v) for v in values)
+
+
+PROFILE_GRID = (_csv(_profile.DEFAULT_LENGTHS), _csv(_profile.DEFAULT_DEPTHS))
+ABLATE_GRID = (_csv(_ablate.DEFAULT_LENGTHS), _csv(_ablate.DEFAULT_DEPTHS))
+
+
+def _slug(name: str) -> str:
+    """A file-name-safe form of a model name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).name.removesuffix(".gguf")) or "model"
+
+
+@app.command("profile")
+@_user_errors
+def profile_cmd(
+    model: Model = "smollm2-135m",
+    dtype: Dtype = "float32",
+    lengths: Lengths = PROFILE_GRID[0],
+    depths: Depths = PROFILE_GRID[1],
+    needles: Needles = _profile.DEFAULT_NEEDLES,
+    needles_file: NeedlesFile = None,
+    haystack: Haystack = "frankenstein",
+    seed: Seed = 0,
+    out: Annotated[Path | None, typer.Option(help="head map JSON to write; a heatmap PNG is written beside it")] = None,
+) -> None:
+    """Score every attention head by its retrieval score on needle tests; write a head map and its heatmap."""
+    from headwise.models import load_model
+    from headwise.profile import profile
+
+    grid = _grid(haystack, needles, needles_file, lengths, depths, seed, held_out=False)
+    m, tok = load_model(model, dtype)
+    tests = grid.tests(tok)
+    headmap = profile(m, tok, tests)
+    path = headmap.save(out or Path("headmaps") / f"{_slug(model)}.json")
+    png = headmap.plot(path.with_suffix(".png"))
+    typer.echo(headmap.summary())
+    typer.echo(
+        f"{headmap.method['tests_counted']}/{headmap.method['tests']} tests answered correctly and counted; "
+        f"{headmap.method['seconds']} s"
+    )
+    typer.echo(f"wrote {path} and {png}")
+
+
+@app.command("ablate")
+@_user_errors
+def ablate_cmd(
+    headmap: Annotated[Path, typer.Argument(help="head map: headwise JSON, Retrieval_Head JSON or DuoAttention TSV")],
+    model: Annotated[str | None, typer.Option(help="model to test; default: the one the head map names")] = None,
+    dtype: Dtype = "float32",
+    k: Annotated[str, typer.Option(help="heads to mask: a count (14) or a fraction (5%)")] = "5%",
+    draws: Annotated[int, typer.Option(help="random head sets to mask")] = 5,
+    exclude: Annotated[str, typer.Option(help="random heads are drawn from outside this top share")] = "10%",
+    mode: Annotated[
+        str, typer.Option(help="zero (output removed), uniform (decode-time flat attention) or both")
+    ] = "both",
+    lengths: Lengths = ABLATE_GRID[0],
+    depths: Depths = ABLATE_GRID[1],
+    needles: Needles = _ablate.DEFAULT_NEEDLES,
+    needles_file: NeedlesFile = None,
+    haystack: Haystack = "frankenstein",
+    seed: Seed = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+) -> None:
+    """Mask the top-k heads, then k random heads, and compare needle accuracy."""
+    from headwise.ablate import MODES, ablate
+    from headwise.headmap import HeadMap
+    from headwise.models import load_model
+
+    modes = MODES if mode == "both" else (mode,)
+    if not set(modes) <= set(MODES):
+        raise HeadwiseError(f"--mode must be zero, uniform or both, got {mode!r}")
+    if model is None:
+        if headmap.suffix == ".tsv" or headmap.name.endswith(".rh.json"):
+            raise HeadwiseError(f"{headmap} does not name its model; pass --model")
+        model = HeadMap.load(headmap).model
+    if draws < 1:
+        raise HeadwiseError("--draws must be at least 1")
+    grid = _grid(haystack, needles, needles_file, lengths, depths, seed, held_out=True)
+    m, tok = load_model(model, dtype)
+    hm = HeadMap.load(headmap, m)
+    hm.resolve_k(k)
+    tests = grid.tests(tok)
+    results = ablate(m, tok, hm, tests, k=k, draws=draws, exclude=exclude, modes=modes, seed=seed)
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "headmap": str(headmap),
+                    "model": model,
+                    "tests": len(tests),
+                    "results": [r.to_dict() for r in results],
+                },
+                indent=1,
+            )
+        )
+        return
+    typer.echo(
+        f"{len(tests)} needle tests; masking {results[0].k} heads; baseline (no masking): {results[0].baseline:.0%}"
+    )
+    typer.echo(f"{'mode':8} {'top-k masked':>13} {'random-k masked (each draw)':>40} {'mean':>6}")
+    for r in results:
+        draws_text = " ".join(f"{a:.0%}" for a in r.random)
+        typer.echo(f"{r.mode:8} {r.top:>13.0%} {draws_text:>40} {r.random_mean:>6.0%}")
+
+
+@app.command("niah")
+@_user_errors
+def niah_cmd(
+    model: Model = "smollm2-135m",
+    dtype: Dtype = "float32",
+    lengths: Lengths = "500,1000,2000,4000",
+    depths: Depths = "0,0.25,0.5,0.75,1",
+    needles: Needles = 2,
+    needles_file: NeedlesFile = None,
+    haystack: Haystack = "frankenstein",
+    seed: Seed = 0,
+    out: Annotated[Path | None, typer.Option(help="directory for results.json and heatmap.png")] = None,
+) -> None:
+    """Run a needle-in-a-haystack grid (lengths x depths); write results JSON and the accuracy heatmap."""
+    from headwise.models import load_model
+    from headwise.niah import run_niah
+
+    grid = _grid(haystack, needles, needles_file, lengths, depths, seed, held_out=True)
+    m, tok = load_model(model, dtype)
+    tests = grid.tests(tok)
+    result = run_niah(m, tok, tests)
+    folder = out or Path("runs") / f"niah-{_slug(model)}"
+    path = result.save(folder / "results.json")
+    png = result.plot(folder / "heatmap.png")
+    typer.echo(f"accuracy {result.accuracy:.0%} over {len(result.outcomes)} tests; wrote {path} and {png}")
+
+
+@app.command("convert")
+@_user_errors
+def convert_cmd(
+    source: Annotated[
+        Path, typer.Argument(help="head map to read (headwise JSON, Retrieval_Head JSON, DuoAttention TSV)")
+    ],
+    target: Annotated[
+        Path, typer.Argument(help="file to write: *.tsv = DuoAttention, *.rh.json = Retrieval_Head, else headwise JSON")
+    ],
+    model: Annotated[
+        str | None, typer.Option(help="model the map belongs to (needed to import foreign formats)")
+    ] = None,
+) -> None:
+    """Convert a head map between headwise, Retrieval_Head and DuoAttention formats."""
+    from headwise.headmap import HeadMap
+    from headwise.models import load_model
+
+    hm = HeadMap.load(source, load_model(model)[0] if model else None)
+    typer.echo(f"wrote {hm.save(target)}: {hm.summary(5)}")
