@@ -79,15 +79,17 @@ def _grid(
 ) -> _Grid:
     """Read the haystack and needles; ablation and NIAH default to needles the default profile never saw."""
     from headwise.haystack import load_haystack
-    from headwise.tasks import load_needles, pick_needles
+    from headwise.tasks import check_grid, load_needles, pick_needles
 
-    return _Grid(
+    grid = _Grid(
         load_haystack(haystack),
         pick_needles(load_needles(needles_file), needles, held_out),
         _numbers(lengths, int, "lengths"),
         _numbers(depths, float, "depths"),
         seed,
     )
+    check_grid(grid.lengths, grid.depths)
+    return grid
 
 
 def _csv(values: list) -> str:
@@ -166,13 +168,14 @@ def ablate_cmd(
     if model is None:
         if headmap.suffix == ".tsv" or headmap.name.endswith(".rh.json"):
             raise HeadwiseError(f"{headmap} does not name its model; pass --model")
-        model = HeadMap.load(headmap).model
+        preview = HeadMap.load(headmap)
+        preview.resolve_k(k)
+        model = preview.model
     if draws < 1:
         raise HeadwiseError("--draws must be at least 1")
     grid = _grid(haystack, needles, needles_file, lengths, depths, seed, held_out=True)
     m, tok = load_model(model, dtype)
     hm = HeadMap.load(headmap, m)
-    hm.resolve_k(k)
     tests = grid.tests(tok)
     results = ablate(m, tok, hm, tests, k=k, draws=draws, exclude=exclude, modes=modes, seed=seed)
     if as_json:

@@ -69,7 +69,7 @@ class Haystack:
         rel = np.sort((bounds - first) % len(ids))
         rel = rel[rel <= body]
         target = round(depth * body)
-        pos = int(rel[rel <= target].max()) if depth < 1 else body
+        pos = int(rel[rel <= target].max())
         out = ids[take]
         if insert is None:
             return out, pos

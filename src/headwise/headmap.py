@@ -282,3 +282,13 @@ class HeadMap:
 def overlap(a: HeadMap, b: HeadMap, k: int = 10) -> int:
     """How many of the top-k heads two maps share (a stability measure)."""
     return len(set(a.top(k)) & set(b.top(k)))
+
+
+def shipped_headmap(name: str) -> HeadMap:
+    """The head map headwise ships for a default model (measured by bench/retrieval_heads.py)."""
+    from importlib import resources
+
+    doc = resources.files("headwise.data.headmaps").joinpath(f"{name}.json")
+    if not doc.is_file():
+        raise HeadwiseError(f"headwise ships no head map for {name!r}; run: headwise profile --model {name}")
+    return HeadMap.from_dict(json.loads(doc.read_text("utf-8")), f"shipped head map {name}")

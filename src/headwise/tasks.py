@@ -132,6 +132,18 @@ def make_test(
     return NeedleTest(ids, (begin, begin + len(needle_ids)), needle, length, depth, haystack.name)
 
 
+def check_grid(lengths: list[int], depths: list[float]) -> None:
+    """Refuse empty grids, depths outside [0, 1] and contexts too short to hold prose and a needle."""
+    if not lengths or not depths:
+        raise HeadwiseError("needle tests need at least one length and one depth")
+    for d in depths:
+        if not 0.0 <= d <= 1.0:
+            raise HeadwiseError(f"depth {d} is outside [0, 1]; depths are fractions of the context (0 = start)")
+    for n in lengths:
+        if n < 64:
+            raise HeadwiseError(f"length {n} is too short; use at least 64 tokens")
+
+
 def make_tests(
     tokenizer: PreTrainedTokenizerBase,
     haystack: Haystack,
@@ -141,14 +153,9 @@ def make_tests(
     seed: int = 0,
 ) -> list[NeedleTest]:
     """Every (needle, length, depth) combination; each test's prose starts at its own random sentence."""
-    if not needles or not lengths or not depths:
-        raise HeadwiseError("needle tests need at least one needle, one length and one depth")
-    for d in depths:
-        if not 0.0 <= d <= 1.0:
-            raise HeadwiseError(f"depth {d} is outside [0, 1]; depths are fractions of the context (0 = start)")
-    for n in lengths:
-        if n < 64:
-            raise HeadwiseError(f"length {n} is too short; use at least 64 tokens")
+    if not needles:
+        raise HeadwiseError("needle tests need at least one needle")
+    check_grid(lengths, depths)
     rng = random.Random(seed)
     sentences = haystack.num_sentences(tokenizer)
     return [

@@ -1,0 +1,23 @@
+"""Shared fixtures: the real default model, loaded once per test session."""
+
+import os
+
+# No hub on CI machines: fail fast instead of retrying the network for unknown ids.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+
+from headwise.haystack import load_haystack
+from headwise.models import load_model
+
+
+@pytest.fixture(scope="session")
+def smol():
+    """(model, tokenizer) for SmolLM2-135M-Instruct in float32."""
+    return load_model("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def book():
+    """The default shipped haystack."""
+    return load_haystack("frankenstein")

@@ -1,0 +1,68 @@
+"""The real model: the probe is exact, profiling finds the known retrieval heads, masking them breaks retrieval."""
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from headwise.ablate import mask_heads
+from headwise.generate import greedy
+from headwise.headmap import HeadMap, overlap, shipped_headmap
+from headwise.probe import recording
+from headwise.profile import profile
+from headwise.tasks import is_correct, load_needles, make_tests
+
+
+@pytest.fixture(scope="module")
+def tests(smol, book):
+    _, tok = smol
+    return make_tests(tok, book, load_needles()[:3], [400], [0.2, 0.8], seed=7)
+
+
+@pytest.fixture(scope="module")
+def quick_map(smol, tests) -> HeadMap:
+    model, tok = smol
+    return profile(model, tok, tests, progress=False)
+
+
+@torch.inference_mode()
+def test_decode_probe_matches_sdpa(smol, tests):
+    model, _ = smol
+    ids = tests[0].ids[None]
+    cache = DynamicCache(config=model.config)
+    model(ids[:, :-1], past_key_values=cache, use_cache=True)
+    plain = model(ids[:, -1:], past_key_values=cache, use_cache=True).logits
+    cache.crop(-1)
+    with recording(model) as rec:
+        rec.seq_len = ids.shape[1]
+        probed = model(ids[:, -1:], past_key_values=cache, use_cache=True).logits
+        assert (rec.argmax >= 0).all() and (rec.argmax < ids.shape[1]).all()
+    assert (plain - probed).abs().max() < 1e-3
+
+
+def test_profile_finds_the_known_retrieval_heads(quick_map, smol):
+    model, _ = smol
+    assert quick_map.method["tests_counted"] >= 4
+    above = quick_map.above(0.1)
+    assert 1 <= len(above) <= 0.05 * quick_map.scores.size
+    known = shipped_headmap(model.headwise_id)
+    assert quick_map.top(1)[0] in known.top(5)
+    assert overlap(quick_map, known, 10) >= 5
+
+
+def test_masking_top_heads_breaks_an_answer_and_is_undone(smol, tests, quick_map):
+    model, tok = smol
+    test = next(t for t in tests if is_correct(t.needle, greedy(model, tok, t.ids)))
+    before = greedy(model, tok, test.ids)
+    with mask_heads(model, quick_map.top("5%"), "zero"):
+        masked = greedy(model, tok, test.ids)
+    assert not is_correct(test.needle, masked), masked
+    assert greedy(model, tok, test.ids) == before
+
+
+def test_masking_random_low_heads_keeps_the_answer(smol, tests, quick_map):
+    model, tok = smol
+    test = next(t for t in tests if is_correct(t.needle, greedy(model, tok, t.ids)))
+    # The lowest-scoring heads of the upper layers: neither retrieval heads nor the early heads everything relies on.
+    low = [h for h in reversed(quick_map.top(quick_map.scores.size)) if h[0] >= 10][:14]
+    with mask_heads(model, low, "uniform"):
+        assert is_correct(test.needle, greedy(model, tok, test.ids))

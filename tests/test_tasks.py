@@ -1,0 +1,71 @@
+"""Haystacks and needle tests: exact lengths, needles at sentence boundaries, a scorer that is strict enough."""
+
+import pytest
+
+from headwise.errors import HeadwiseError
+from headwise.haystack import load_haystack
+from headwise.tasks import (
+    Needle,
+    is_correct,
+    load_needles,
+    make_tests,
+    passkey_needles,
+    pick_needles,
+    prompt_parts,
+    rouge1_recall,
+)
+
+
+def test_context_is_exact_in_tokens_and_needle_sits_at_a_sentence_boundary(smol, book):
+    _, tok = smol
+    needles = load_needles()[:3]
+    tests = make_tests(tok, book, needles, [300, 700], [0.0, 0.5, 1.0], seed=3)
+    for t in tests:
+        head, tail = prompt_parts(tok, t.needle.question)
+        assert len(t.ids) == len(head) + t.length + len(tail)
+        assert t.needle_ids.tolist() == tok(" " + t.needle.needle, add_special_tokens=False)["input_ids"]
+        if t.span[0] > len(head):
+            before = tok.decode(t.ids[len(head) : t.span[0]]).rstrip()
+            assert before[-1] in ".!?\"'”’)", before[-40:]
+    deep = [t.span[0] for t in tests if t.needle == needles[0] and t.length == 700]
+    assert deep[0] < deep[1] < deep[2]
+
+
+def test_depth_is_close_to_the_requested_fraction(smol, book):
+    _, tok = smol
+    [t] = make_tests(tok, book, load_needles()[:1], [2000], [0.5])
+    start = make_tests(tok, book, load_needles()[:1], [2000], [0.0])[0].span[0]
+    offset = (t.span[0] - start) / (2000 - len(t.needle_ids))
+    assert 0.4 < offset <= 0.5
+
+
+def test_scorer_wants_more_than_half_the_answer():
+    n = Needle("x", "q", "Silver Albatross")
+    assert is_correct(n, "It was called the Silver Albatross.")
+    assert not is_correct(n, "The Silver Swan.")
+    assert rouge1_recall("a b", "b") == 0.5
+    assert not is_correct(Needle("x", "q", "37"), "She planted 73 trees.")
+
+
+def test_passkeys_are_deterministic_and_distinct():
+    a, b = passkey_needles(5, seed=1), passkey_needles(5, seed=1)
+    assert a == b and len({n.answer for n in a}) == 5
+    assert all(n.answer in n.needle for n in a)
+
+
+def test_bad_inputs_are_refused(tmp_path, smol, book):
+    _, tok = smol
+    with pytest.raises(HeadwiseError, match="neither a shipped book"):
+        load_haystack(str(tmp_path / "missing.txt"))
+    binary = tmp_path / "blob.txt"
+    binary.write_bytes(bytes(range(256)) * 50)
+    with pytest.raises(HeadwiseError, match="cannot read haystack"):
+        load_haystack(str(binary))
+    bad = tmp_path / "needles.json"
+    bad.write_text('[{"needle": "x"}]')
+    with pytest.raises(HeadwiseError, match="needle, question, answer"):
+        load_needles(bad)
+    with pytest.raises(HeadwiseError, match="choose between 1 and"):
+        pick_needles(load_needles(), 999)
+    with pytest.raises(HeadwiseError, match="outside"):
+        make_tests(tok, book, load_needles()[:1], [500], [1.5])
