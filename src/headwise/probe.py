@@ -100,7 +100,11 @@ def headwise_attention(
     """Attention function registered as "headwise": SDPA, plus per-head reading and masking."""
     control: HeadControl | None = getattr(module, "_headwise", None)
     decode = query.shape[2] == 1
-    if control is not None and decode and (control.recorder is not None or control.uniform.get(module.layer_idx)):
+    split = getattr(key, "_headwise_layer", None)  # keys from a HeadwiseCache layer (cache.py)
+    if split is not None:
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        out = split().attend(query, attention_mask, scale)
+    elif control is not None and decode and (control.recorder is not None or control.uniform.get(module.layer_idx)):
         if kwargs.get("s_aux") is not None:
             raise HeadwiseError("models with attention sinks (s_aux) are not supported by the headwise probe yet")
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5

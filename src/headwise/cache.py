@@ -1,0 +1,243 @@
+"""A head-wise KV cache: full history for retrieval KV heads, sink + recent window for the rest.
+
+Storage is split per layer into a "full" tensor (retrieval KV heads, every token) and a "window"
+tensor (other KV heads, at most `sink + window` tokens), so the bytes held scale with the budget;
+nothing is masked and kept. The headwise attention function (probe.py) recognises the keys this
+cache returns and attends each part with its own pattern; prefill of window heads uses the same
+sink + window pattern, so prefill and decoding agree (as in DuoAttention's streaming heads).
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel
+from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer, DynamicSlidingWindowLayer
+
+from headwise.errors import HeadwiseError
+from headwise.headmap import HeadMap
+from headwise.models import model_shape
+from headwise.probe import control_of
+
+
+class HeadwiseLayer(CacheLayerMixin):
+    """One layer: `full` KV heads keep every token, `win` KV heads keep the first `sink` and last `window`."""
+
+    is_sliding = False
+    is_croppable = False
+
+    def __init__(self, full: list[int], num_kv_heads: int, sink: int, window: int) -> None:
+        super().__init__()
+        self.full = torch.tensor(sorted(full), dtype=torch.long)
+        self.win = torch.tensor(sorted(set(range(num_kv_heads)) - set(full)), dtype=torch.long)
+        self.sink, self.window = sink, window
+        self.seen = 0
+        self.win_keys = self.win_values = self.win_pos = None
+        # What the last update handed to attention: the window heads' visible keys for this step.
+        self.step: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        """Allocate empty tensors on the states' device and dtype."""
+        b, _, _, d = key_states.shape
+        empty = key_states.new_zeros
+
+        self.keys, self.values = empty(b, len(self.full), 0, d), empty(b, len(self.full), 0, d)
+        self.win_keys, self.win_values = empty(b, len(self.win), 0, d), empty(b, len(self.win), 0, d)
+        self.win_pos = torch.zeros(0, dtype=torch.long, device=key_states.device)
+        self.is_initialized = True
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append new tokens; window heads see old window + new tokens now, then drop what falls out."""
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        q = key_states.shape[2]
+        new_pos = torch.arange(self.seen, self.seen + q, device=key_states.device)
+        self.seen += q
+        self.keys = torch.cat([self.keys, key_states[:, self.full]], dim=2)
+        self.values = torch.cat([self.values, value_states[:, self.full]], dim=2)
+        wk = torch.cat([self.win_keys, key_states[:, self.win]], dim=2)
+        wv = torch.cat([self.win_values, value_states[:, self.win]], dim=2)
+        pos = torch.cat([self.win_pos, new_pos])
+        self.step = (wk, wv, pos)
+        self.keys._headwise_layer = weakref.ref(self)  # lets the attention function find this layer
+        keep = (pos < self.sink) | (pos >= self.seen - self.window)
+        self.win_keys, self.win_values, self.win_pos = wk[:, :, keep], wv[:, :, keep], pos[keep]
+        return self.keys, self.values
+
+    def attend(self, query: torch.Tensor, attention_mask: torch.Tensor | None, scaling: float) -> torch.Tensor:
+        """Attention for this layer's last update: full KV heads over everything, window KV heads over
+        sink + window. Returns (batch, q_len, heads, head_dim) like the other attention functions."""
+        win_k, win_v, win_pos = self.step
+        batch, heads, q_len, dim = query.shape
+        group = heads // (len(self.full) + len(self.win))
+        out = query.new_empty(batch, heads, q_len, dim)
+        q_heads = torch.arange(heads, device=query.device).view(-1, group)  # query heads of each KV head
+        causal = attention_mask is None and q_len > 1
+        if len(self.full):
+            qi = q_heads[self.full].flatten()
+            k = self.keys.repeat_interleave(group, dim=1)
+            v = self.values.repeat_interleave(group, dim=1)
+            out[:, qi] = F.scaled_dot_product_attention(
+                query[:, qi], k, v, attn_mask=attention_mask, is_causal=causal, scale=scaling
+            )
+        if len(self.win):
+            qi = q_heads[self.win].flatten()
+            q_pos = torch.arange(self.seen - q_len, self.seen, device=query.device)
+            allowed = (win_pos[None] <= q_pos[:, None]) & (
+                (win_pos[None] < self.sink) | (win_pos[None] > q_pos[:, None] - self.window)
+            )
+            mask = allowed[None, None]
+            if attention_mask is not None:  # padding: the model's mask over the sequence, at the kept positions
+                pad = attention_mask[..., win_pos]
+                mask = mask & (pad if pad.dtype == torch.bool else pad == 0)
+            out[:, qi] = F.scaled_dot_product_attention(
+                query[:, qi],
+                win_k.repeat_interleave(group, dim=1),
+                win_v.repeat_interleave(group, dim=1),
+                attn_mask=mask,
+                scale=scaling,
+            )
+        return out.transpose(1, 2)
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        """The model's mask covers the full sequence (the full heads' view); window heads gather from it."""
+        return self.seen + query_length, 0
+
+    def get_seq_length(self) -> int:
+        """Tokens seen so far."""
+        return self.seen
+
+    def get_max_length(self) -> int:
+        """No maximum: full heads grow with the sequence."""
+        return -1
+
+    def reset(self) -> None:
+        """Forget everything (a fresh cache for the next prompt)."""
+        self.keys = self.values = self.win_keys = self.win_values = self.win_pos = self.step = None
+        self.seen = 0
+        self.is_initialized = False
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        """Beam search support: reorder the batch of both parts."""
+        super().reorder_cache(beam_idx)
+        self.win_keys = self.win_keys.index_select(0, beam_idx)
+        self.win_values = self.win_values.index_select(0, beam_idx)
+
+    def nbytes(self) -> int:
+        """Bytes held by this layer's stored keys and values."""
+        if not self.is_initialized:
+            return 0
+        return sum(t.numel() * t.element_size() for t in (self.keys, self.values, self.win_keys, self.win_values))
+
+
+class HeadwiseCache(Cache):
+    """KV cache for `model.generate(past_key_values=...)` that keeps full history only for chosen KV heads."""
+
+    def __init__(self, layers: list[CacheLayerMixin], full: list[list[int]], sink: int, window: int) -> None:
+        super().__init__(layers=layers)
+        self.full_heads = full
+        self.sink, self.window = sink, window
+
+    @classmethod
+    def from_headmap(
+        cls,
+        model: PreTrainedModel,
+        headmap: HeadMap,
+        budget: float | int | None = None,
+        retrieval_fraction: float | None = None,
+        sink: int = 4,
+        window: int = 256,
+        context_length: int | None = None,
+        reduce: str = "max",
+    ) -> HeadwiseCache:
+        """Keep the KV heads the map ranks highest (by their query heads' `reduce` score) in full.
+
+        Give either `retrieval_fraction` (share of KV heads kept full) or `budget`: a fraction of
+        the full cache's bytes at `context_length` tokens, or a token count per KV head on average."""
+        headmap.check_model(model)
+        shape = model_shape(model)
+        if sink < 0 or window < 1:
+            raise HeadwiseError(f"need sink >= 0 and window >= 1, got sink={sink}, window={window}")
+        total = shape.num_layers * shape.num_kv_heads
+        if (budget is None) == (retrieval_fraction is None):
+            raise HeadwiseError("give exactly one of budget= or retrieval_fraction=")
+        if retrieval_fraction is not None:
+            if not 0.0 <= retrieval_fraction <= 1.0:
+                raise HeadwiseError(f"retrieval_fraction must be in [0, 1], got {retrieval_fraction}")
+            n_full = round(retrieval_fraction * total)
+        else:
+            n_full = heads_for_budget(budget, total, sink + window, context_length or shape.max_positions)
+        kv = headmap.kv_scores(reduce)
+        order = np.argsort(-kv, axis=None, kind="stable")[:n_full]
+        full: list[list[int]] = [[] for _ in range(shape.num_layers)]
+        for i in order:
+            full[int(i // shape.num_kv_heads)].append(int(i % shape.num_kv_heads))
+        sliding = _sliding_layers(model)
+        layers: list[CacheLayerMixin] = []
+        for layer in range(shape.num_layers):
+            if layer in sliding:  # already windowed by the model: keep its own cache layer
+                layers.append(DynamicSlidingWindowLayer(sliding_window=sliding[layer]))
+                full[layer] = list(range(shape.num_kv_heads))
+            elif len(full[layer]) == shape.num_kv_heads:
+                layers.append(DynamicLayer())
+            else:
+                layers.append(HeadwiseLayer(full[layer], shape.num_kv_heads, sink, window))
+        control_of(model)  # make sure the model attends through the function that understands this cache
+        return cls(layers, full, sink, window)
+
+    def nbytes(self) -> int:
+        """Bytes of keys and values held now."""
+        total = 0
+        for layer in self.layers:
+            if isinstance(layer, HeadwiseLayer):
+                total += layer.nbytes()
+            elif layer.is_initialized:
+                total += layer.keys.numel() * layer.keys.element_size() * 2
+        return total
+
+    def full_nbytes(self) -> int:
+        """Bytes a plain full cache would hold for the same tokens."""
+        total = 0
+        for layer in self.layers:
+            if not layer.is_initialized:
+                continue
+            if isinstance(layer, HeadwiseLayer):
+                b, _, _, d = layer.keys.shape
+                heads = len(layer.full) + len(layer.win)
+                total += 2 * b * heads * layer.seen * d * layer.keys.element_size()
+            else:
+                total += layer.keys.numel() * layer.keys.element_size() * 2
+        return total
+
+
+def heads_for_budget(budget: float | int, total: int, kept: int, length: int) -> int:
+    """How many of `total` KV heads can stay full so the cache at `length` tokens fits the budget."""
+    if isinstance(budget, float) or (isinstance(budget, int) and budget <= 1):
+        if not 0.0 < budget <= 1.0:
+            raise HeadwiseError(f"a fractional budget must be in (0, 1], got {budget}")
+        per_head = budget * length
+    else:
+        if budget < 1:
+            raise HeadwiseError(f"a token budget must be positive, got {budget}")
+        per_head = float(budget)
+    if kept >= length:
+        raise HeadwiseError(
+            f"sink + window ({kept} tokens) is not smaller than the context ({length} tokens); "
+            "use a smaller window or a longer context"
+        )
+    share = (per_head - kept) / (length - kept)  # full heads hold `length`, others `kept`
+    return max(0, min(total, math.floor(share * total + 1e-9)))
+
+
+def _sliding_layers(model: PreTrainedModel) -> dict[int, int]:
+    """Layers the model itself runs with a sliding window (Gemma 3's local layers), with their window."""
+    cfg = model.config.get_text_config()
+    types = getattr(cfg, "layer_types", None) or []
+    window = getattr(cfg, "sliding_window", None)
+    return {i: window for i, t in enumerate(types) if t == "sliding_attention" and window}

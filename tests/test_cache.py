@@ -1,0 +1,95 @@
+"""HeadwiseCache: exact when nothing is dropped, really smaller when something is, and usable by generate()."""
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from headwise.cache import HeadwiseCache, HeadwiseLayer, heads_for_budget
+from headwise.errors import HeadwiseError
+from headwise.headmap import HeadMap, shipped_headmap
+
+
+@pytest.fixture(scope="module")
+def batch():
+    torch.manual_seed(0)
+    ids = torch.randint(100, 40000, (2, 200))
+    mask = torch.ones_like(ids)
+    mask[1, :15] = 0  # left padding on the second row
+    return ids, mask
+
+
+def logits(model, ids, mask, cache, chunk=None):
+    chunk = chunk or ids.shape[1]
+    with torch.inference_mode():
+        return torch.cat(
+            [
+                model(ids[:, s : s + chunk], attention_mask=mask[:, : s + chunk], past_key_values=cache).logits
+                for s in range(0, ids.shape[1], chunk)
+            ],
+            dim=1,
+        )
+
+
+def cache_of(model, full, window, sink=4):
+    from headwise.probe import control_of
+
+    control_of(model)
+    return HeadwiseCache([HeadwiseLayer(full, 3, sink, window) for _ in range(30)], [full] * 30, sink, window)
+
+
+@pytest.mark.parametrize("full", [[0, 1, 2], [], [1]])
+@pytest.mark.parametrize("chunk", [None, 48])
+def test_nothing_dropped_means_full_attention(smol, batch, full, chunk):
+    model, _ = smol
+    ids, mask = batch
+    ref = logits(model, ids, mask, DynamicCache(config=model.config))
+    got = logits(model, ids, mask, cache_of(model, full, window=10_000), chunk)
+    assert (got - ref)[0].abs().max() < 1e-3
+    assert (got - ref)[1, 15:].abs().max() < 1e-3  # padded positions carry no meaning
+
+
+def test_window_heads_really_hold_less(smol, batch):
+    model, _ = smol
+    ids, mask = batch
+    cache = cache_of(model, [1], window=16)
+    logits(model, ids, mask, cache)
+    layer = cache.layers[0]
+    assert layer.win_keys.shape[2] == 4 + 16 and layer.keys.shape[2] == 200
+    assert cache.nbytes() == pytest.approx(cache.full_nbytes() * (200 + 2 * 20) / (3 * 200))
+
+
+def test_budget_picks_the_top_kv_heads_and_generate_works(smol):
+    model, tok = smol
+    hm = shipped_headmap("smollm2-135m")
+    cache = HeadwiseCache.from_headmap(model, hm, budget=0.3, context_length=2000, window=8)
+    full = [(l, h) for l, heads in enumerate(cache.full_heads) for h in heads]
+    assert len(full) == heads_for_budget(0.3, 90, 12, 2000)
+    best = tuple(int(i) for i in divmod(int(hm.kv_scores().argmax()), 3))
+    assert best in full
+    enc = tok.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
+    out = model.generate(**enc, past_key_values=cache, max_new_tokens=12, do_sample=False)
+    assert "Paris" in tok.decode(out[0, enc["input_ids"].shape[1] :])
+    assert cache.nbytes() < cache.full_nbytes()
+
+
+def test_bad_budgets_are_refused(smol):
+    model, _ = smol
+    hm = shipped_headmap("smollm2-135m")
+    for kwargs in (
+        {"budget": 1.5},
+        {"budget": 0.0},
+        {"retrieval_fraction": 2.0},
+        {},
+        {"budget": 0.3, "retrieval_fraction": 0.1},
+    ):
+        with pytest.raises(HeadwiseError):
+            HeadwiseCache.from_headmap(model, hm, context_length=2000, **kwargs)
+    with pytest.raises(HeadwiseError, match="not smaller than the context"):
+        HeadwiseCache.from_headmap(model, hm, budget=0.3, window=4096, context_length=1000)
+    with pytest.raises(HeadwiseError, match="profile this model first"):
+        HeadwiseCache.from_headmap(model, HeadMap("gemma3-270m", hm.scores[:18, :4], 1), budget=0.3)
