@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import math
 import weakref
+from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import PreTrainedModel
+from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer, DynamicSlidingWindowLayer
 
 from headwise.errors import HeadwiseError
 from headwise.headmap import HeadMap
-from headwise.models import model_shape
+from headwise.models import model_id, model_shape
 from headwise.probe import control_of
+from headwise.tasks import NeedleTest
 
 
 class HeadwiseLayer(CacheLayerMixin):
@@ -193,27 +195,58 @@ class HeadwiseCache(Cache):
 
     def nbytes(self) -> int:
         """Bytes of keys and values held now."""
-        total = 0
-        for layer in self.layers:
-            if isinstance(layer, HeadwiseLayer):
-                total += layer.nbytes()
-            elif layer.is_initialized:
-                total += layer.keys.numel() * layer.keys.element_size() * 2
-        return total
+        return kv_nbytes(self)[0]
 
     def full_nbytes(self) -> int:
         """Bytes a plain full cache would hold for the same tokens."""
-        total = 0
-        for layer in self.layers:
-            if not layer.is_initialized:
-                continue
-            if isinstance(layer, HeadwiseLayer):
-                b, _, _, d = layer.keys.shape
-                heads = len(layer.full) + len(layer.win)
-                total += 2 * b * heads * layer.seen * d * layer.keys.element_size()
-            else:
-                total += layer.keys.numel() * layer.keys.element_size() * 2
-        return total
+        return kv_nbytes(self)[1]
+
+
+def kv_nbytes(cache: Cache) -> tuple[int, int]:
+    """(bytes held, bytes a full cache would hold) for any transformers cache made of KV layers.
+
+    A model's own sliding-window layers count as full: they hold what the model itself needs."""
+    held = full = 0
+    for layer in cache.layers:
+        if not layer.is_initialized or layer.keys is None:
+            continue
+        size = layer.keys.element_size()
+        if isinstance(layer, HeadwiseLayer):
+            b, _, _, d = layer.keys.shape
+            held += layer.nbytes()
+            full += 2 * b * (len(layer.full) + len(layer.win)) * layer.seen * d * size
+        else:
+            both = 2 * layer.keys.numel() * size
+            held, full = held + both, full + both
+    return held, full
+
+
+def cache_factory(
+    model: PreTrainedModel,
+    method: str,
+    budget: float,
+    headmap: HeadMap | None = None,
+    sink: int = 4,
+    window: int = 256,
+) -> Callable[[NeedleTest], Cache]:
+    """Per-test cache builder for a method: "full" (plain cache), "headwise" (full cache for the map's
+    top KV heads, sink + `window` for the rest, sized to `budget` of each prompt), or "window"
+    (StreamingLLM: every head keeps sink + a window sized to the same budget)."""
+    if method == "full":
+        return lambda test: DynamicCache(config=model.config)
+    if method == "headwise":
+        if headmap is None:
+            raise HeadwiseError("the headwise cache needs a head map")
+        return lambda test: HeadwiseCache.from_headmap(
+            model, headmap, budget=budget, sink=sink, window=window, context_length=len(test.ids)
+        )
+    if method == "window":
+        shape = model_shape(model)
+        uniform = HeadMap(model_id(model), np.zeros((shape.num_layers, shape.num_heads)), shape.num_kv_heads)
+        return lambda test: HeadwiseCache.from_headmap(
+            model, uniform, retrieval_fraction=0.0, sink=sink, window=max(1, round(budget * len(test.ids)) - sink)
+        )
+    raise HeadwiseError(f"unknown cache {method!r}; choose full, headwise or window")
 
 
 def heads_for_budget(budget: float | int, total: int, kept: int, length: int) -> int:
@@ -226,6 +259,11 @@ def heads_for_budget(budget: float | int, total: int, kept: int, length: int) ->
         if budget < 1:
             raise HeadwiseError(f"a token budget must be positive, got {budget}")
         per_head = float(budget)
+    if kept > per_head:
+        raise HeadwiseError(
+            f"sink + window ({kept} tokens) is more than the budget allows per head ({per_head:.0f} tokens "
+            f"of {length}); use a smaller window or a larger budget"
+        )
     if kept >= length:
         raise HeadwiseError(
             f"sink + window ({kept} tokens) is not smaller than the context ({length} tokens); "

@@ -211,20 +211,40 @@ def niah_cmd(
     needles_file: NeedlesFile = None,
     haystack: Haystack = "frankenstein",
     seed: Seed = 0,
+    cache: Annotated[
+        str, typer.Option(help="KV cache: full, headwise (retrieval heads full) or window (sink+window)")
+    ] = "full",
+    budget: Annotated[float, typer.Option(help="KV budget as a fraction of the full cache (headwise, window)")] = 0.3,
+    headmap: Annotated[
+        Path | None, typer.Option(help="head map for --cache headwise; default: the shipped one")
+    ] = None,
+    sink: Annotated[int, typer.Option(help="sink tokens kept by windowed heads")] = 4,
+    window: Annotated[int, typer.Option(help="recent tokens kept by non-retrieval heads (--cache headwise)")] = 256,
     out: Annotated[Path | None, typer.Option(help="directory for results.json and heatmap.png")] = None,
 ) -> None:
     """Run a needle-in-a-haystack grid (lengths x depths); write results JSON and the accuracy heatmap."""
+    from headwise.cache import cache_factory
+    from headwise.headmap import HeadMap, shipped_headmap
     from headwise.models import load_model
     from headwise.niah import run_niah
 
+    if cache not in ("full", "headwise", "window"):
+        raise HeadwiseError(f"--cache must be full, headwise or window, got {cache!r}")
     grid = _grid(haystack, needles, needles_file, lengths, depths, seed, held_out=True)
     m, tok = load_model(model, dtype)
+    hm = None
+    if cache == "headwise":
+        hm = HeadMap.load(headmap, m) if headmap else shipped_headmap(model)
+        hm.check_model(m)
     tests = grid.tests(tok)
-    result = run_niah(m, tok, tests)
-    folder = out or Path("runs") / f"niah-{_slug(model)}"
+    result = run_niah(m, tok, tests, make_cache=cache_factory(m, cache, budget, hm, sink, window), cache_name=cache)
+    folder = out or Path("runs") / f"niah-{_slug(model)}-{cache}"
     path = result.save(folder / "results.json")
     png = result.plot(folder / "heatmap.png")
-    typer.echo(f"accuracy {result.accuracy:.0%} over {len(result.outcomes)} tests; wrote {path} and {png}")
+    typer.echo(
+        f"cache {cache}: accuracy {result.accuracy:.0%} over {len(result.outcomes)} tests, "
+        f"KV held {result.kv_ratio:.0%} of the full cache; wrote {path} and {png}"
+    )
 
 
 @app.command("convert")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import Cache, DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from headwise.probe import control_of
 
@@ -28,12 +28,14 @@ def greedy(
     ids: torch.Tensor,
     max_new_tokens: int = MAX_NEW_TOKENS,
     on_step: Callable[[int, int], None] | None = None,
+    cache: Cache | None = None,
 ) -> str:
     """Greedy answer to the 1-D prompt `ids`. After each decode (query length 1) step, `on_step(token,
-    seq_len)` gets the token that step produced and the sequence length its query attended to."""
+    seq_len)` gets the token that step produced and the sequence length its query attended to.
+    `cache` (default: a fresh DynamicCache) lets a caller decode with a compressed KV cache."""
     control = control_of(model)
     stops = stop_ids(model, tokenizer)
-    cache = DynamicCache(config=model.config)
+    cache = DynamicCache(config=model.config) if cache is None else cache
     device = model.device
     out = model(ids[None].to(device), past_key_values=cache, use_cache=True, logits_to_keep=1)
     token = int(out.logits[0, -1].argmax())

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import Cache, DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
+from headwise.cache import kv_nbytes
 from headwise.generate import greedy
 from headwise.models import check_lengths, model_id
 from headwise.tasks import NeedleTest, is_correct
@@ -26,6 +28,8 @@ class Outcome:
     answer: str
     response: str
     correct: bool
+    kv_bytes: int | None = None
+    full_kv_bytes: int | None = None
 
 
 @dataclass
@@ -35,6 +39,12 @@ class NiahResult:
     model: str
     outcomes: list[Outcome]
     settings: dict = field(default_factory=dict)
+
+    @property
+    def kv_ratio(self) -> float | None:
+        """Mean share of the full cache's bytes that the cache held at the end of each test."""
+        pairs = [(o.kv_bytes, o.full_kv_bytes) for o in self.outcomes if o.kv_bytes is not None and o.full_kv_bytes]
+        return float(np.mean([a / b for a, b in pairs])) if pairs else None
 
     @property
     def accuracy(self) -> float:
@@ -60,6 +70,7 @@ class NiahResult:
             "accuracy": self.accuracy,
             "correct": sum(o.correct for o in self.outcomes),
             "tests": len(self.outcomes),
+            "kv_ratio": self.kv_ratio,
             "settings": self.settings,
             "grid": {"lengths": lengths, "depths": depths, "accuracy": acc.tolist()},
             "outcomes": [asdict(o) for o in self.outcomes],
@@ -102,25 +113,44 @@ def evaluate(
     tests: list[NeedleTest],
     progress: bool = True,
     desc: str = "niah",
+    make_cache: Callable[[NeedleTest], Cache] | None = None,
 ) -> list[Outcome]:
-    """Answer each test greedily and score it (ROUGE-1 recall of the answer > 0.5)."""
+    """Answer each test greedily and score it (ROUGE-1 recall of the answer > 0.5). With `make_cache`,
+    each test decodes with the cache it builds, and the KV bytes held at the end are recorded."""
     check_lengths(model, [t.length for t in tests])
     outcomes = []
     for t in tqdm(tests, desc=desc, unit="test", disable=not progress, leave=False):
-        response = greedy(model, tokenizer, t.ids)
+        cache = make_cache(t) if make_cache else DynamicCache(config=model.config)
+        response = greedy(model, tokenizer, t.ids, cache=cache)
+        held, full = kv_nbytes(cache)
         outcomes.append(
-            Outcome(t.length, t.depth, t.needle.question, t.needle.answer, response, is_correct(t.needle, response))
+            Outcome(
+                t.length,
+                t.depth,
+                t.needle.question,
+                t.needle.answer,
+                response,
+                is_correct(t.needle, response),
+                held,
+                full,
+            )
         )
     return outcomes
 
 
 def run_niah(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, tests: list[NeedleTest], progress: bool = True
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    tests: list[NeedleTest],
+    progress: bool = True,
+    make_cache: Callable[[NeedleTest], Cache] | None = None,
+    cache_name: str = "full",
 ) -> NiahResult:
-    """Run a needle grid with the plain model and keep every outcome."""
+    """Run a needle grid (with the full KV cache, or the caches `make_cache` builds) and keep every outcome."""
     began = time.perf_counter()
-    outcomes = evaluate(model, tokenizer, tests, progress)
+    outcomes = evaluate(model, tokenizer, tests, progress, make_cache=make_cache)
     settings = {
+        "cache": cache_name,
         "haystacks": sorted({t.haystack for t in tests}),
         "needles": len({t.needle for t in tests}),
         "dtype": str(model.dtype).removeprefix("torch."),
