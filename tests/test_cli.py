@@ -26,6 +26,7 @@ def run(*args: str):
         (["ablate", "map.tsv"], "pass --model"),
         (["ablate", "x.json", "--mode", "gentle"], "--mode"),
         (["niah", "--needles", "0"], "choose between 1 and"),
+        (["niah", "--cache", "bogus"], "--cache must be"),
     ],
 )
 def test_bad_input_fails_fast_and_clearly(args, message):

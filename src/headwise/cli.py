@@ -11,10 +11,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from transformers import PreTrainedTokenizerBase
 
 from headwise import ablate as _ablate
 from headwise import profile as _profile
 from headwise.errors import HeadwiseError
+from headwise.haystack import Haystack, load_haystack
+from headwise.tasks import Needle, NeedleTest, check_grid, load_needles, make_tests, pick_needles
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Find retrieval heads and put them to work.")
 
@@ -28,7 +31,7 @@ Needles = Annotated[int, typer.Option(help="how many different needles per (leng
 NeedlesFile = Annotated[
     Path | None, typer.Option(help="JSON list of {needle, question, answer}; default: the shipped needles")
 ]
-Haystack = Annotated[str, typer.Option(help="frankenstein, pride-and-prejudice, moby-dick, or a UTF-8 text file")]
+HaystackOpt = Annotated[str, typer.Option(help="frankenstein, pride-and-prejudice, moby-dick, or a UTF-8 text file")]
 Seed = Annotated[int, typer.Option(help="seed for where each test's prose starts and for random draws")]
 
 
@@ -61,16 +64,14 @@ def _numbers(text: str, kind: type, what: str) -> list:
 class _Grid:
     """Needle-test settings read and checked before the (slow) model load, so bad input fails fast."""
 
-    haystack: object
-    needles: list
+    haystack: Haystack
+    needles: list[Needle]
     lengths: list[int]
     depths: list[float]
     seed: int
 
-    def tests(self, tokenizer):
+    def tests(self, tokenizer: PreTrainedTokenizerBase) -> list[NeedleTest]:
         """The needle tests for this tokenizer."""
-        from headwise.tasks import make_tests
-
         return make_tests(tokenizer, self.haystack, self.needles, self.lengths, self.depths, self.seed)
 
 
@@ -78,9 +79,6 @@ def _grid(
     haystack: str, needles: int, needles_file: Path | None, lengths: str, depths: str, seed: int, held_out: bool
 ) -> _Grid:
     """Read the haystack and needles; ablation and NIAH default to needles the default profile never saw."""
-    from headwise.haystack import load_haystack
-    from headwise.tasks import check_grid, load_needles, pick_needles
-
     grid = _Grid(
         load_haystack(haystack),
         pick_needles(load_needles(needles_file), needles, held_out),
@@ -115,7 +113,7 @@ def profile_cmd(
     depths: Depths = PROFILE_GRID[1],
     needles: Needles = _profile.DEFAULT_NEEDLES,
     needles_file: NeedlesFile = None,
-    haystack: Haystack = "frankenstein",
+    haystack: HaystackOpt = "frankenstein",
     seed: Seed = 0,
     out: Annotated[Path | None, typer.Option(help="head map JSON to write; a heatmap PNG is written beside it")] = None,
 ) -> None:
@@ -153,7 +151,7 @@ def ablate_cmd(
     depths: Depths = ABLATE_GRID[1],
     needles: Needles = _ablate.DEFAULT_NEEDLES,
     needles_file: NeedlesFile = None,
-    haystack: Haystack = "frankenstein",
+    haystack: HaystackOpt = "frankenstein",
     seed: Seed = 0,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
 ) -> None:
@@ -209,7 +207,7 @@ def niah_cmd(
     depths: Depths = "0,0.25,0.5,0.75,1",
     needles: Needles = 2,
     needles_file: NeedlesFile = None,
-    haystack: Haystack = "frankenstein",
+    haystack: HaystackOpt = "frankenstein",
     seed: Seed = 0,
     cache: Annotated[
         str, typer.Option(help="KV cache: full, headwise (retrieval heads full) or window (sink+window)")
