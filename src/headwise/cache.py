@@ -259,15 +259,15 @@ def heads_for_budget(budget: float | int, total: int, kept: int, length: int) ->
         if budget < 1:
             raise HeadwiseError(f"a token budget must be positive, got {budget}")
         per_head = float(budget)
-    if kept > per_head:
-        raise HeadwiseError(
-            f"sink + window ({kept} tokens) is more than the budget allows per head ({per_head:.0f} tokens "
-            f"of {length}); use a smaller window or a larger budget"
-        )
     if kept >= length:
         raise HeadwiseError(
             f"sink + window ({kept} tokens) is not smaller than the context ({length} tokens); "
             "use a smaller window or a longer context"
+        )
+    if kept > per_head:
+        raise HeadwiseError(
+            f"sink + window ({kept} tokens) is more than the budget allows per head ({per_head:.0f} tokens "
+            f"of {length}); use a smaller window or a larger budget"
         )
     share = (per_head - kept) / (length - kept)  # full heads hold `length`, others `kept`
     return max(0, min(total, math.floor(share * total + 1e-9)))
