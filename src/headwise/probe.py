@@ -4,7 +4,8 @@ headwise registers one attention function, "headwise". Prefill (query length > 1
 fast SDPA path untouched, so no full attention matrix is ever built. Decode steps (query
 length 1) compute their single attention row per head in float32: that row is what the
 retrieval score reads, and what the uniform-attention mask flattens. Zero-masking removes a
-head's output before the output projection on every step.
+head's output before the output projection on every step. Keys that come from a HeadwiseCache
+layer (cache.py) are attended by that layer, which knows its full and windowed heads.
 """
 
 from __future__ import annotations
