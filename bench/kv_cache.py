@@ -1,83 +1,119 @@
-"""Benchmark for issue #3 (first part): needle accuracy vs KV memory for full, headwise and sink+window caches.
+"""Benchmark for issue #3: needle accuracy vs KV memory for the full cache, HeadwiseCache (two head
+rankings), sink + window on every head, and kvpress presses, at the same budgets on the same tests.
 
-    python bench/kv_cache.py --model smollm2-135m      # ~15 min on 2 CPU cores
+    bench/kvpress/setup.sh                                       # once: kvpress in its own .venv-kvpress
+    python bench/kv_cache.py --model smollm2-135m --kvpress      # ~40 min on 2 CPU cores
 
-Every method runs the same needle grid at the same budgets; KV bytes are measured from the cache
-objects at the end of each answer. Writes bench/results/<model>/kv_cache.json, .md and .png.
+HeadwiseCache ranks KV heads either by the shipped retrieval map or by a context map (how much each
+head's output changes under sink + window) that this script profiles first, on needles and a book
+that the evaluation does not use. kvpress runs in .venv-kvpress on the very same token ids; its
+answers are scored here by the same rule. Writes bench/results/<model>/kv_cache.json, .md and .png.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from headwise.cache import cache_factory
+from headwise.generate import MAX_NEW_TOKENS
 from headwise.haystack import load_haystack
-from headwise.headmap import shipped_headmap
-from headwise.models import load_model
+from headwise.headmap import HeadMap, shipped_headmap
+from headwise.models import load_model, resolve
 from headwise.niah import run_niah
-from headwise.tasks import load_needles, make_tests, pick_needles
+from headwise.profile import profile_context
+from headwise.tasks import NeedleTest, is_correct, load_needles, make_tests, pick_needles, prompt_parts
 
 BUDGETS = (0.2, 0.3, 0.5, 0.7)
 SINK = 4
+DEPTHS = [0.1, 0.5, 0.9]
+PRESSES = ("kvpress-streaming_llm", "kvpress-snapkv", "kvpress-adakv_snapkv", "kvpress-expected_attention")
+KVPRESS_PYTHON = Path(__file__).resolve().parents[1] / ".venv-kvpress" / "bin" / "python"
 
 
 def main() -> None:
-    """Run full once, then headwise and window at each budget; save table, JSON and plot."""
+    """Profile the context map, run every method at every budget; save table, JSON and plot."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--lengths", default="1200,2400")
     parser.add_argument("--needles", type=int, default=3)
     parser.add_argument("--window", type=int, default=256, help="largest window for headwise's non-retrieval heads")
+    parser.add_argument("--kvpress", action="store_true", help="also run kvpress presses (needs .venv-kvpress)")
     args = parser.parse_args()
     out = Path(__file__).parent / "results" / args.model.replace("/", "_")
     out.mkdir(parents=True, exist_ok=True)
     lengths = [int(x) for x in args.lengths.split(",")]
     model, tok = load_model(args.model)
-    headmap = shipped_headmap(args.model)
     tests = make_tests(
         tok,
         load_haystack("frankenstein"),
         pick_needles(load_needles(), args.needles, held_out=True),
         lengths,
-        [0.1, 0.5, 0.9],
+        DEPTHS,
         seed=3,
     )
+    calibration = make_tests(
+        tok, load_haystack("pride-and-prejudice"), pick_needles(load_needles(), 4, False), lengths, [0, 0.5, 1]
+    )
+    maps = {"headwise": shipped_headmap(args.model)}
+    # Non-retrieval heads keep at most half of the budget as sink + window; the rest pays for full heads.
+    windows = {b: max(1, min(args.window, round(b * min(lengths) / 2) - SINK)) for b in BUDGETS}
+    for window in sorted(set(windows.values())):
+        context_map = profile_context(model, tok, calibration, sink=SINK, window=window)
+        context_map.save(out / f"headmap-context-w{window}.json")
+        maps[f"headwise-context-w{window}"] = context_map
     rows = []
+    pressed = run_kvpress(args.model, tok, tests) if args.kvpress else []  # first: fail fast if kvpress cannot run
 
-    def run(method: str, budget: float, window: int) -> None:
+    def run(method: str, budget: float, headmap: HeadMap | None, window: int) -> None:
         began = time.perf_counter()
-        result = run_niah(model, tok, tests, make_cache=cache_factory(model, method, budget, headmap, SINK, window))
+        kind = "headwise" if method.startswith("headwise") else method
+        make = cache_factory(model, kind, budget, headmap, SINK, window)
+        result = run_niah(model, tok, tests, make_cache=make)
+        add(method, budget, window, [o.correct for o in result.outcomes], result.kv_ratio, began)
+
+    def add(method: str, budget: float, window: int | None, correct: list[bool], kv: float, began: float) -> None:
         rows.append(
             {
-                "method": method,
+                "method": method.split("-w")[0],
                 "budget": budget,
-                "window": window if method == "headwise" else None,
-                "accuracy": result.accuracy,
-                "correct": sum(o.correct for o in result.outcomes),
-                "tests": len(tests),
-                "kv_ratio": result.kv_ratio,
+                "window": window,
+                "accuracy": sum(correct) / len(correct),
+                "correct": sum(correct),
+                "tests": len(correct),
+                "kv_ratio": kv,
                 "seconds": round(time.perf_counter() - began, 1),
             }
         )
-        sys.stdout.write(
-            f"{method:9} budget {budget:.0%}: {rows[-1]['correct']}/{len(tests)}, KV {result.kv_ratio:.0%}\n"
-        )
+        sys.stderr.write(f"{method:28} budget {budget:.0%}: {sum(correct)}/{len(correct)}, KV {kv:.0%}\n")
 
-    run("full", 1.0, 0)
+    run("full", 1.0, None, 0)
     for budget in BUDGETS:
-        # Split the budget: non-retrieval heads keep at most half of it as sink + window, the rest pays for full heads.
-        window = max(1, min(args.window, round(budget * min(lengths) / 2) - SINK))
-        run("headwise", budget, window)
-        run("window", budget, 0)
+        run("headwise", budget, maps["headwise"], windows[budget])
+        run("headwise-context", budget, maps[f"headwise-context-w{windows[budget]}"], windows[budget])
+        run("window", budget, None, 0)
+    for row in pressed:
+        add(row["method"], row["budget"], None, row["correct"], row["kv_ratio"], time.perf_counter() - row["seconds"])
+    if args.kvpress:
+        for row in run_kvpress(args.model, tok, tests):
+            add(
+                row["method"],
+                row["budget"],
+                None,
+                row["correct"],
+                row["kv_ratio"],
+                time.perf_counter() - row["seconds"],
+            )
     doc = {
         "command": "python bench/kv_cache.py " + " ".join(sys.argv[1:]),
         "model": args.model,
         "lengths": lengths,
-        "depths": [0.1, 0.5, 0.9],
+        "depths": DEPTHS,
         "needles": args.needles,
         "rows": rows,
     }
@@ -85,36 +121,72 @@ def main() -> None:
     lines = [
         f"# {args.model}: needle accuracy vs KV memory",
         "",
-        f"Command: `{doc['command']}`; {len(tests)} tests, lengths {lengths}, depths 0.1/0.5/0.9.",
+        f"Command: `{doc['command']}`; {len(tests)} tests (held-out needles, frankenstein), lengths {lengths}, "
+        f"depths {DEPTHS}. `headwise` ranks KV heads by the shipped retrieval map, `headwise-context` by a "
+        "context map profiled on other needles and another book. KV held is measured from the caches.",
         "",
-        "| method | budget | window | accuracy | KV held |",
-        "|---|---|---|---|---|",
+        "| method | budget | window | accuracy | KV held | seconds |",
+        "|---|---|---|---|---|---|",
     ]
     lines += [
         f"| {r['method']} | {r['budget']:.0%} | {r['window'] or ''} | {r['correct']}/{r['tests']} | "
-        f"{r['kv_ratio']:.0%} |"
+        f"{r['kv_ratio']:.0%} | {r['seconds']} |"
         for r in rows
     ]
     (out / "kv_cache.md").write_text("\n".join(lines) + "\n")
+    sys.stdout.write("\n".join(lines) + "\n")
     plot(rows, out / "kv_cache.png", args.model)
 
 
+def run_kvpress(model_name: str, tok, tests: list[NeedleTest]) -> list[dict]:
+    """Export the tests as token ids, answer them with kvpress in its own environment, score here."""
+    if not KVPRESS_PYTHON.exists():
+        raise SystemExit(f"{KVPRESS_PYTHON} is missing; run bench/kvpress/setup.sh first")
+    exported = []
+    for t in tests:
+        tail = len(prompt_parts(tok, t.needle.question)[1])
+        ids = t.ids.tolist()
+        exported.append({"context_ids": ids[:-tail], "question_ids": ids[-tail:]})
+    where, gguf_file = resolve(model_name)
+    spec = {
+        "model_dir": where,
+        "gguf_file": gguf_file,
+        "presses": PRESSES,
+        "budgets": BUDGETS,
+        "max_new_tokens": MAX_NEW_TOKENS,
+        "tests": exported,
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        spec_path, out_path = Path(tmp) / "tests.json", Path(tmp) / "answers.json"
+        spec_path.write_text(json.dumps(spec))
+        runner = Path(__file__).parent / "kvpress" / "run_presses.py"
+        subprocess.run([str(KVPRESS_PYTHON), str(runner), str(spec_path), str(out_path)], check=True)
+        answered = json.loads(out_path.read_text())
+    for row in answered["rows"]:
+        row["correct"] = [is_correct(t.needle, a) for t, a in zip(tests, row["answers"], strict=True)]
+    return answered["rows"]
+
+
 def plot(rows: list[dict], path: Path, model: str) -> None:
-    """Accuracy against measured KV share, one line per method."""
+    """Accuracy against the KV budget, one line per method; the full cache as a reference line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for method, style in (("headwise", "o-"), ("window", "s--"), ("full", "k*")):
-        pts = sorted((r["kv_ratio"], r["accuracy"]) for r in rows if r["method"] == method)
-        ax.plot([100 * x for x, _ in pts], [100 * y for _, y in pts], style, label=method, markersize=9)
-    ax.set_xlabel("KV cache held (% of full)")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m != "full"]
+    for method in methods:
+        pts = sorted((r["budget"], r["accuracy"]) for r in rows if r["method"] == method)
+        style = "o-" if method.startswith("headwise") else "s--" if method == "window" else "x:"
+        ax.plot([100 * x for x, _ in pts], [100 * y for _, y in pts], style, label=method, markersize=7)
+    full = next(r for r in rows if r["method"] == "full")
+    ax.axhline(100 * full["accuracy"], color="k", lw=1, label="full cache")
+    ax.set_xlabel("KV budget (% of the full cache)")
     ax.set_ylabel("needle accuracy (%)")
     ax.set_ylim(-5, 105)
     ax.set_title(f"{model}: accuracy vs KV memory")
-    ax.legend()
+    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -4,9 +4,10 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from headwise.cache import HeadwiseCache, HeadwiseLayer, heads_for_budget
+from headwise.cache import HeadwiseCache, HeadwiseLayer, compressed, heads_for_budget
 from headwise.errors import HeadwiseError
 from headwise.headmap import HeadMap, shipped_headmap
+from headwise.tasks import is_correct
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +94,18 @@ def test_bad_budgets_are_refused(smol):
         HeadwiseCache.from_headmap(model, hm, budget=0.3, window=4096, context_length=1000)
     with pytest.raises(HeadwiseError, match="profile this model first"):
         HeadwiseCache.from_headmap(model, HeadMap("gemma3-270m", hm.scores[:18, :4], 1), budget=0.3)
+
+
+def test_compressed_gives_every_generate_call_its_own_headwise_cache(smol, book):
+    from headwise.tasks import load_needles, make_test
+
+    model, tok = smol
+    needle = load_needles()[0]
+    test = make_test(tok, book, needle, 600, 0.5, start=10)
+    with compressed(model, shipped_headmap("smollm2-135m"), budget=0.5, window=64):
+        out = model.generate(test.ids[None], max_new_tokens=16, do_sample=False, return_dict_in_generate=True)
+    cache = out.past_key_values
+    assert isinstance(cache, HeadwiseCache) and cache.nbytes() < 0.6 * cache.full_nbytes()
+    assert "generate" not in vars(model)  # the wrapper is gone after the block
+    answer = tok.decode(out.sequences[0, len(test.ids) :], skip_special_tokens=True)
+    assert is_correct(needle, answer), answer

@@ -8,7 +8,7 @@ from headwise.ablate import mask_heads
 from headwise.generate import greedy
 from headwise.headmap import HeadMap, overlap, shipped_headmap
 from headwise.probe import recording
-from headwise.profile import profile
+from headwise.profile import profile, profile_context
 from headwise.tasks import is_correct, load_needles, make_tests
 
 
@@ -66,3 +66,13 @@ def test_masking_random_low_heads_keeps_the_answer(smol, tests, quick_map):
     low = [h for h in reversed(quick_map.top(quick_map.scores.size)) if h[0] >= 10][:14]
     with mask_heads(model, low, "uniform"):
         assert is_correct(test.needle, greedy(model, tok, test.ids))
+
+
+def test_context_score_is_zero_when_the_window_sees_everything_and_grows_as_it_narrows(smol, tests):
+    model, tok = smol
+    wide = profile_context(model, tok, tests[:1], sink=4, window=10_000, progress=False)
+    assert wide.kind == "context" and wide.scores.max() < 1e-4
+    narrow = profile_context(model, tok, tests[:2], sink=4, window=16, progress=False).scores
+    medium = profile_context(model, tok, tests[:2], sink=4, window=128, progress=False).scores
+    assert narrow.mean() > medium.mean() > 0.01
+    assert (narrow >= medium - 0.05).mean() > 0.9  # per head, too, with rare exceptions

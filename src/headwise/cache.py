@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -83,10 +84,14 @@ class HeadwiseLayer(CacheLayerMixin):
         causal = attention_mask is None and q_len > 1
         if len(self.full):
             qi = q_heads[self.full].flatten()
-            k = self.keys.repeat_interleave(group, dim=1)
-            v = self.values.repeat_interleave(group, dim=1)
             out[:, qi] = F.scaled_dot_product_attention(
-                query[:, qi], k, v, attn_mask=attention_mask, is_causal=causal, scale=scaling
+                query[:, qi],
+                self.keys,
+                self.values,
+                attn_mask=attention_mask,
+                is_causal=causal,
+                scale=scaling,
+                enable_gqa=True,
             )
         if len(self.win):
             qi = q_heads[self.win].flatten()
@@ -99,11 +104,7 @@ class HeadwiseLayer(CacheLayerMixin):
                 pad = attention_mask[..., win_pos]
                 mask = mask & (pad if pad.dtype == torch.bool else pad == 0)
             out[:, qi] = F.scaled_dot_product_attention(
-                query[:, qi],
-                win_k.repeat_interleave(group, dim=1),
-                win_v.repeat_interleave(group, dim=1),
-                attn_mask=mask,
-                scale=scaling,
+                query[:, qi], win_k, win_v, attn_mask=mask, scale=scaling, enable_gqa=True
             )
         return out.transpose(1, 2)
 
@@ -219,6 +220,32 @@ def kv_nbytes(cache: Cache) -> tuple[int, int]:
             both = 2 * layer.keys.numel() * size
             held, full = held + both, full + both
     return held, full
+
+
+@contextmanager
+def compressed(
+    model: PreTrainedModel, headmap: HeadMap, budget: float | int = 0.3, sink: int = 4, window: int = 256
+) -> Iterator[PreTrainedModel]:
+    """Within the block, every `model.generate()` call without its own cache (so every text-generation
+    pipeline on this model) gets a fresh HeadwiseCache sized to its prompt; restored on exit.
+
+    Prompts no longer than `sink + window` tokens drop nothing, so they get a plain cache."""
+    headmap.check_model(model)
+    original = model.generate
+
+    def generate(*args, **kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if kwargs.get("past_key_values") is None and ids is not None and ids.shape[-1] > sink + window:
+            kwargs["past_key_values"] = HeadwiseCache.from_headmap(
+                model, headmap, budget=budget, sink=sink, window=window, context_length=ids.shape[-1]
+            )
+        return original(*args, **kwargs)
+
+    model.generate = generate
+    try:
+        yield model
+    finally:
+        del model.generate  # the class's own generate shows through again
 
 
 def cache_factory(

@@ -115,23 +115,39 @@ def profile_cmd(
     needles_file: NeedlesFile = None,
     haystack: HaystackOpt = "frankenstein",
     seed: Seed = 0,
+    score: Annotated[
+        str,
+        typer.Option(
+            help="retrieval (copy-paste attention, Wu et al.) or context (output change under sink + window, "
+            "what a head-wise KV cache should rank by)"
+        ),
+    ] = "retrieval",
+    sink: Annotated[int, typer.Option(help="--score context: sink tokens of the window view")] = 4,
+    window: Annotated[int, typer.Option(help="--score context: recent tokens of the window view")] = 256,
     out: Annotated[Path | None, typer.Option(help="head map JSON to write; a heatmap PNG is written beside it")] = None,
 ) -> None:
-    """Score every attention head by its retrieval score on needle tests; write a head map and its heatmap."""
+    """Score every attention head on needle tests; write a head map and its heatmap."""
     from headwise.models import load_model
-    from headwise.profile import profile
+    from headwise.profile import profile, profile_context
 
+    if score not in ("retrieval", "context"):
+        raise HeadwiseError(f"--score must be retrieval or context, got {score!r}")
     grid = _grid(haystack, needles, needles_file, lengths, depths, seed, held_out=False)
     m, tok = load_model(model, dtype)
     tests = grid.tests(tok)
-    headmap = profile(m, tok, tests)
-    path = headmap.save(out or Path("headmaps") / f"{_slug(model)}.json")
+    if score == "context":
+        headmap = profile_context(m, tok, tests, sink=sink, window=window)
+    else:
+        headmap = profile(m, tok, tests)
+    suffix = "" if score == "retrieval" else "-context"
+    path = headmap.save(out or Path("headmaps") / f"{_slug(model)}{suffix}.json")
     png = headmap.plot(path.with_suffix(".png"))
     typer.echo(headmap.summary())
-    typer.echo(
-        f"{headmap.method['tests_counted']}/{headmap.method['tests']} tests answered correctly and counted; "
-        f"{headmap.method['seconds']} s"
-    )
+    if score == "retrieval":
+        typer.echo(
+            f"{headmap.method['tests_counted']}/{headmap.method['tests']} tests answered correctly and counted; "
+            f"{headmap.method['seconds']} s"
+        )
     typer.echo(f"wrote {path} and {png}")
 
 
@@ -264,3 +280,37 @@ def convert_cmd(
 
     hm = HeadMap.load(source, load_model(model)[0] if model else None)
     typer.echo(f"wrote {hm.save(target)}: {hm.summary(5)}")
+
+
+@app.command("rank")
+@_user_errors
+def rank_cmd(
+    query: Annotated[str, typer.Option(help="the query to rank documents for")],
+    docs: Annotated[Path, typer.Option(help='JSONL file, one {"id", "text", optional "title"} per line')],
+    model: Model = "smollm2-135m",
+    dtype: Dtype = "float32",
+    heads: Annotated[
+        str, typer.Option(help="whose attention to read: all, retrieval (the shipped head map) or a head map file")
+    ] = "retrieval",
+    top: Annotated[str, typer.Option(help="with a head map: how many top heads to read (count or 5%)")] = "5%",
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+) -> None:
+    """Rank documents by the attention the query pays them (in-context re-ranking, two forward passes)."""
+    from headwise.headmap import HeadMap, shipped_headmap
+    from headwise.models import load_model
+    from headwise.rank import load_docs, rank
+
+    candidates = load_docs(docs)
+    if not query.strip():
+        raise HeadwiseError("--query is empty")
+    m, tok = load_model(model, dtype)
+    hm = None if heads == "all" else shipped_headmap(model) if heads == "retrieval" else HeadMap.load(Path(heads), m)
+    result = rank(m, tok, query, candidates, headmap=hm, top=top)
+    text = {d.id: d.text for d in candidates}
+    if as_json:
+        typer.echo(json.dumps([{"id": i, "score": s} for i, s in result.order], indent=1))
+        return
+    for place, (doc_id, score) in enumerate(result.order, 1):
+        snippet = text[doc_id][:70].replace("\n", " ")
+        typer.echo(f"{place:3} {score:+9.4f}  {doc_id:12}  {snippet}")
+    typer.echo(f"{result.passes} forward passes, {result.seconds:.1f} s", err=True)

@@ -42,13 +42,91 @@ class DecodeRecorder:
         self.sink_mass[layer] = weights[0, :, : max(self.sink - offset, 0)].sum(-1).cpu()
 
 
+class WindowProbe:
+    """How much each head's output changes when it may only see the first `sink` and last `window` tokens.
+
+    Measured on the last `rows` query rows of each forward pass (the question and answer tokens, the
+    ones a compressed cache serves) as ||o_full - o_window|| / ||o_full||, per head, float32. A head
+    with a large change needs its distant context; one with none can live in a sink + window cache."""
+
+    def __init__(self, num_layers: int, num_heads: int, sink: int, window: int, rows: int = 32) -> None:
+        self.sink, self.window, self.rows = sink, window, rows
+        self.total = torch.zeros(num_layers, num_heads)
+        self.count = torch.zeros(num_layers, 1)
+
+    def measure(
+        self,
+        layer: int,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        scaling: float,
+        softcap: float | None,
+    ) -> None:
+        """Add this call's change per head for its last rows (batch row 0; causal, no padding)."""
+        heads, kv_heads, kv_len = query.shape[1], key.shape[1], key.shape[2]
+        m = min(self.rows, query.shape[2])
+        q = query[0, :, -m:].float().view(kv_heads, heads // kv_heads, m, -1)
+        scores = torch.einsum("kgmd,ktd->kgmt", q, key[0].float()) * scaling
+        if softcap:
+            scores = torch.tanh(scores / softcap) * softcap
+        q_pos = torch.arange(kv_len - m, kv_len, device=key.device)[:, None]
+        t = torch.arange(kv_len, device=key.device)[None]
+        seen = t <= q_pos
+        windowed = seen & ((t < self.sink) | (t > q_pos - self.window))
+        v = value[0].float()
+        full = torch.einsum("kgmt,ktd->kgmd", scores.masked_fill(~seen, float("-inf")).softmax(-1), v)
+        win = torch.einsum("kgmt,ktd->kgmd", scores.masked_fill(~windowed, float("-inf")).softmax(-1), v)
+        change = (full - win).norm(dim=-1) / full.norm(dim=-1).clamp_min(1e-6)  # (kv, group, m)
+        self.total[layer] += change.sum(-1).reshape(heads).cpu()
+        self.count[layer] += m
+
+
+class SpanProbe:
+    """Attention mass that a block of prompt rows (a query) pays each key span (a document), per head.
+
+    Read in one prefill pass from the rows' own attention scores (rows x keys, float32), so the full
+    attention matrix is never built. `mass[layer, head, span]` sums over the rows."""
+
+    def __init__(self, num_layers: int, num_heads: int, rows: tuple[int, int], spans: list[tuple[int, int]]) -> None:
+        self.rows, self.spans = rows, spans
+        self.mass = torch.zeros(num_layers, num_heads, len(spans))
+
+    def measure(
+        self,
+        layer: int,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        scaling: float,
+        softcap: float | None,
+    ) -> None:
+        """Add this layer's row-to-span attention (batch row 0; the prompt must come in one pass)."""
+        start, end = self.rows
+        if query.shape[2] != key.shape[2] or end > key.shape[2]:
+            return  # a decode step or a chunk: not the one prefill pass the rows refer to
+        heads, kv_heads, kv_len = query.shape[1], key.shape[1], key.shape[2]
+        q = query[0, :, start:end].float().view(kv_heads, heads // kv_heads, end - start, -1)
+        scores = torch.einsum("kgmd,ktd->kgmt", q, key[0].float()) * scaling
+        if softcap:
+            scores = torch.tanh(scores / softcap) * softcap
+        pos = torch.arange(start, end, device=key.device)[:, None]
+        causal = torch.arange(kv_len, device=key.device)[None] <= pos
+        weights = scores.masked_fill(~causal, float("-inf")).softmax(-1).sum(-2).reshape(heads, kv_len)
+        edges = torch.nn.functional.pad(weights.cumsum(-1), (1, 0))
+        a = torch.tensor([s for s, _ in self.spans], device=key.device)
+        b = torch.tensor([e for _, e in self.spans], device=key.device)
+        self.mass[layer] = (edges[:, b] - edges[:, a]).cpu()
+
+
 @dataclass
 class HeadControl:
-    """What the attention function should do, per layer: heads to zero, heads to flatten, a recorder."""
+    """What the attention function should do, per layer: heads to zero, heads to flatten, probes."""
 
     zero: dict[int, torch.Tensor] = field(default_factory=dict)
     uniform: dict[int, list[int]] = field(default_factory=dict)
     recorder: DecodeRecorder | None = None
+    row_probe: WindowProbe | SpanProbe | None = None
 
 
 def _decode_attention(
@@ -102,6 +180,10 @@ def headwise_attention(
     control: HeadControl | None = getattr(module, "_headwise", None)
     decode = query.shape[2] == 1
     split = getattr(key, "_headwise_layer", None)  # keys from a HeadwiseCache layer (cache.py)
+    probe = control.row_probe if control is not None else None
+    if probe is not None and split is None and not getattr(module, "sliding_window", None):
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        probe.measure(module.layer_idx, query, key, value, scale, kwargs.get("softcap"))
     if split is not None:
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
         out = split().attend(query, attention_mask, scale)
@@ -158,3 +240,27 @@ def recording(model: PreTrainedModel) -> Iterator[DecodeRecorder]:
         yield control.recorder
     finally:
         control.recorder = None
+
+
+@contextmanager
+def window_probing(model: PreTrainedModel, sink: int, window: int, rows: int = 32) -> Iterator[WindowProbe]:
+    """Measure each head's output change under a sink + window view while the block runs."""
+    control = control_of(model)
+    shape = model_shape(model)
+    control.row_probe = WindowProbe(shape.num_layers, shape.num_heads, sink, window, rows)
+    try:
+        yield control.row_probe
+    finally:
+        control.row_probe = None
+
+
+@contextmanager
+def span_probing(model: PreTrainedModel, rows: tuple[int, int], spans: list[tuple[int, int]]) -> Iterator[SpanProbe]:
+    """Measure the attention that prompt rows `rows` pay each key span, per head, while the block runs."""
+    control = control_of(model)
+    shape = model_shape(model)
+    control.row_probe = SpanProbe(shape.num_layers, shape.num_heads, rows, spans)
+    try:
+        yield control.row_probe
+    finally:
+        control.row_probe = None

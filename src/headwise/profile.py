@@ -1,4 +1,5 @@
-"""Score every head: the retrieval score of Wu et al. 2024 and a sink (streaming) score, from decode steps only."""
+"""Score every head: the retrieval score of Wu et al. 2024 and a sink (streaming) score, from decode steps
+only; and, for caches, the context score: how much a head's output changes when it sees only sink + window."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from headwise.errors import HeadwiseError
 from headwise.generate import greedy
 from headwise.headmap import HeadMap
 from headwise.models import check_lengths, model_id, model_shape
-from headwise.probe import recording
+from headwise.probe import recording, window_probing
 from headwise.tasks import NeedleTest, is_correct
 
 DEFAULT_LENGTHS = [500, 1000, 1500]
@@ -93,6 +94,46 @@ def profile(
             "counted_rule": "all tests" if count_all else "answer ROUGE-1 recall of the gold answer > 0.5",
             "tests": len(tests),
             "tests_counted": len(counted),
+            "lengths": sorted({t.length for t in tests}),
+            "depths": sorted({t.depth for t in tests}),
+            "needles": len({t.needle for t in tests}),
+            "haystacks": sorted({t.haystack for t in tests}),
+            "dtype": str(model.dtype).removeprefix("torch."),
+            "seconds": round(time.perf_counter() - began, 1),
+        },
+    )
+
+
+def profile_context(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    tests: list[NeedleTest],
+    sink: int = 4,
+    window: int = 256,
+    progress: bool = True,
+) -> HeadMap:
+    """Context-score every head over `tests`: the mean relative change of its output on the question and
+    answer tokens when it attends only the first `sink` and last `window` tokens. This ranks heads by
+    what a sink + window cache would cost them, which is what a head-wise cache must decide on;
+    every test counts, right or wrong, since the change does not depend on the answer."""
+    if not tests:
+        raise HeadwiseError("profile needs at least one needle test")
+    check_lengths(model, [t.length for t in tests])
+    began = time.perf_counter()
+    with window_probing(model, sink, window) as probe:
+        for test in tqdm(tests, desc="context profile", unit="test", disable=not progress):
+            greedy(model, tokenizer, test.ids)
+    return HeadMap(
+        model=model_id(model),
+        scores=(probe.total / probe.count.clamp_min(1)).numpy(),
+        num_kv_heads=model_shape(model).num_kv_heads,
+        kind="context",
+        method={
+            "score": f"context: mean ||o_full - o_window|| / ||o_full|| of a head's output on the last "
+            f"{probe.rows} prompt tokens and every answer token, window = first {sink} + last {window} tokens",
+            "sink": sink,
+            "window": window,
+            "tests": len(tests),
             "lengths": sorted({t.length for t in tests}),
             "depths": sorted({t.depth for t in tests}),
             "needles": len({t.needle for t in tests}),
