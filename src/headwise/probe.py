@@ -86,7 +86,8 @@ class SpanProbe:
     """Attention mass that a block of prompt rows (a query) pays each key span (a document), per head.
 
     Read in one prefill pass from the rows' own attention scores (rows x keys, float32), so the full
-    attention matrix is never built. `mass[layer, head, span]` sums over the rows."""
+    attention matrix is never built. `mass[layer, head, span]` is the mean over the rows, so queries of
+    different lengths (a query and its calibration) compare."""
 
     def __init__(self, num_layers: int, num_heads: int, rows: tuple[int, int], spans: list[tuple[int, int]]) -> None:
         self.rows, self.spans = rows, spans
@@ -101,18 +102,19 @@ class SpanProbe:
         scaling: float,
         softcap: float | None,
     ) -> None:
-        """Add this layer's row-to-span attention (batch row 0; the prompt must come in one pass)."""
+        """Add this layer's row-to-span attention (batch row 0) when this call computes the rows."""
         start, end = self.rows
-        if query.shape[2] != key.shape[2] or end > key.shape[2]:
-            return  # a decode step or a chunk: not the one prefill pass the rows refer to
         heads, kv_heads, kv_len = query.shape[1], key.shape[1], key.shape[2]
-        q = query[0, :, start:end].float().view(kv_heads, heads // kv_heads, end - start, -1)
+        first = kv_len - query.shape[2]  # position of this call's first query row
+        if start < first or end > kv_len:
+            return  # this call does not hold the rows
+        q = query[0, :, start - first : end - first].float().view(kv_heads, heads // kv_heads, end - start, -1)
         scores = torch.einsum("kgmd,ktd->kgmt", q, key[0].float()) * scaling
         if softcap:
             scores = torch.tanh(scores / softcap) * softcap
         pos = torch.arange(start, end, device=key.device)[:, None]
         causal = torch.arange(kv_len, device=key.device)[None] <= pos
-        weights = scores.masked_fill(~causal, float("-inf")).softmax(-1).sum(-2).reshape(heads, kv_len)
+        weights = scores.masked_fill(~causal, float("-inf")).softmax(-1).mean(-2).reshape(heads, kv_len)
         edges = torch.nn.functional.pad(weights.cumsum(-1), (1, 0))
         a = torch.tensor([s for s, _ in self.spans], device=key.device)
         b = torch.tensor([e for _, e in self.spans], device=key.device)

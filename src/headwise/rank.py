@@ -1,0 +1,187 @@
+"""Attention-based re-ranking (in-context re-ranking, ICR; Chen et al. 2024), read from chosen heads.
+
+All candidate documents go into one prompt, followed by the query. One pass measures the attention
+that the query's tokens pay each document; a second pass with the content-free query "N/A" measures
+the bias every document gets from its position alone, and is subtracted. The two passes share the
+documents' prefill (one KV cache, cropped back between them), so the documents are encoded once.
+Two passes per query whatever the number of documents: documents are cut to share the model's
+window, and only when that would leave too little of each are they split into groups.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+
+from headwise.errors import HeadwiseError
+from headwise.headmap import HeadMap
+from headwise.models import model_shape
+from headwise.probe import span_probing
+
+CALIBRATION_QUERY = "N/A"
+INTRO = "Here are some paragraphs:\n\n"
+OUTRO = "Please find information that is relevant to the following query in the paragraphs above.\n\nQuery: "
+MIN_DOC_TOKENS = 64
+PROMPT_RESERVE = 64  # instruction, query and template tokens beyond the documents
+
+
+@dataclass(frozen=True)
+class Doc:
+    """A candidate document."""
+
+    id: str
+    text: str
+
+
+def load_docs(path: str | Path) -> list[Doc]:
+    """Read JSONL lines of {"id" (or "_id"), "text", optional "title"}; refuse malformed or empty input."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise HeadwiseError(f"cannot read documents from {path}: {exc}") from None
+    docs = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise HeadwiseError(f"{path}:{number} is not valid JSON ({exc.msg}); one object per line") from None
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            raise HeadwiseError(f'{path}:{number} needs an object with a "text" string')
+        title = row.get("title") if isinstance(row.get("title"), str) else ""
+        text = f"{title.strip()}. {row['text'].strip()}" if title.strip() else row["text"].strip()
+        if not text:
+            raise HeadwiseError(f"{path}:{number} has empty text")
+        docs.append(Doc(str(row.get("id", row.get("_id", number))), text))
+    if not docs:
+        raise HeadwiseError(f"{path} holds no documents; write one JSON object per line")
+    return docs
+
+
+def head_weights(model: PreTrainedModel, headmap: HeadMap | None, top: int | float | str = "5%") -> np.ndarray:
+    """(layers, heads) weights: 1 for the map's `top` heads, or for every head when there is no map."""
+    shape = model_shape(model)
+    if headmap is None:
+        return np.ones((shape.num_layers, shape.num_heads))
+    headmap.check_model(model)
+    weights = np.zeros(headmap.scores.shape)
+    for head in headmap.top(top):
+        weights[head] = 1.0
+    return weights
+
+
+@dataclass
+class Ranking:
+    """Documents best first with their calibrated scores, and what it cost."""
+
+    order: list[tuple[str, float]]
+    passes: int
+    seconds: float
+    doc_tokens: int
+
+
+def rank(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    query: str,
+    docs: list[Doc],
+    headmap: HeadMap | None = None,
+    top: int | float | str = "5%",
+    max_doc_tokens: int = 300,
+) -> Ranking:
+    """Rank `docs` for `query` by the calibrated attention its tokens pay each document in the map's
+    top heads (all heads without a map). Documents are cut to at most `max_doc_tokens` tokens."""
+    weights = head_weights(model, headmap, top)
+    began = time.perf_counter()
+    mass, passes, cap = attention_scores(model, tokenizer, query, docs, max_doc_tokens)
+    scores = np.einsum("lh,lhd->d", weights, mass)
+    order = sorted(zip((d.id for d in docs), scores.tolist(), strict=True), key=lambda p: -p[1])
+    return Ranking(order, passes, time.perf_counter() - began, cap)
+
+
+def attention_scores(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    query: str,
+    docs: list[Doc],
+    max_doc_tokens: int = 300,
+) -> tuple[np.ndarray, int, int]:
+    """(calibrated attention mass per layer, head and document; forward passes used; tokens per document).
+
+    Any choice of heads is a weighting of this table, so one pair of passes serves them all."""
+    if not query.strip():
+        raise HeadwiseError("the query is empty")
+    if not docs:
+        raise HeadwiseError("there are no documents to rank")
+    room = model_shape(model).max_positions - PROMPT_RESERVE - len(_encode(tokenizer, query))
+    groups, cap = _pack(len(docs), room, max_doc_tokens)
+    doc_ids = [_encode(tokenizer, " " + d.text)[:cap] for d in docs]
+    shape = model_shape(model)
+    mass = np.zeros((shape.num_layers, shape.num_heads, len(docs)))
+    for group in groups:
+        mass[:, :, group] = _calibrated(model, tokenizer, query, [doc_ids[i] for i in group])
+    return mass, 2 * len(groups), cap
+
+
+def _pack(n: int, room: int, max_doc_tokens: int) -> tuple[list[list[int]], int]:
+    """Split n documents into as few equal groups as keep each document at least MIN_DOC_TOKENS long."""
+    if room < MIN_DOC_TOKENS:
+        raise HeadwiseError("the query alone nearly fills the model's window; shorten it")
+    per_group = max(1, room // MIN_DOC_TOKENS)
+    count = -(-n // per_group)
+    size = -(-n // count)
+    groups = [list(range(i, min(i + size, n))) for i in range(0, n, size)]
+    return groups, min(max_doc_tokens, room // size)
+
+
+@torch.inference_mode()
+def _calibrated(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, query: str, docs: list[list[int]]
+) -> np.ndarray:
+    """(layers, heads, docs): attention the query's tokens pay each document (mean over its tokens),
+    minus the same for the calibration query. Both passes share one prefill of the documents: each
+    continues the same KV cache, which is cropped back between them, so only the queries are recomputed."""
+    head, _ = _template(tokenizer)
+    ids = _encode(tokenizer, head + INTRO)
+    spans = []
+    for i, doc in enumerate(docs, 1):
+        ids += _encode(tokenizer, f"[{i}]")
+        spans.append((len(ids), len(ids) + len(doc)))
+        ids += doc + _encode(tokenizer, "\n\n")
+    ids += _encode(tokenizer, OUTRO)
+    prefix = len(ids)
+    cache = DynamicCache(config=model.config)
+    model(torch.tensor([ids], device=model.device), past_key_values=cache, use_cache=True, logits_to_keep=1)
+    masses = []
+    for text in (query, CALIBRATION_QUERY):
+        query_ids = _encode(tokenizer, text)
+        with span_probing(model, (prefix, prefix + len(query_ids)), spans) as probe:
+            model(torch.tensor([query_ids], device=model.device), past_key_values=cache, logits_to_keep=1)
+        cache.crop(-len(query_ids))
+        masses.append(probe.mass.numpy())
+    return masses[0] - masses[1]
+
+
+def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """Token ids of `text`, without special tokens (the template supplies those)."""
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _template(tokenizer: PreTrainedTokenizerBase) -> tuple[str, str]:
+    """The chat template's text before and after the user's message (plain text without a template)."""
+    if not tokenizer.chat_template:
+        return (tokenizer.bos_token or ""), "\n"
+    marker = "\x00MESSAGE\x00"
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": marker}], tokenize=False, add_generation_prompt=True
+    )
+    head, tail = text.split(marker)
+    return head, tail
