@@ -27,6 +27,9 @@ def run(*args: str):
         (["ablate", "x.json", "--mode", "gentle"], "--mode"),
         (["niah", "--needles", "0"], "choose between 1 and"),
         (["niah", "--cache", "bogus"], "--cache must be"),
+        (["profile", "--score", "speed"], "--score must be"),
+        (["rank", "--query", "q", "--docs", "/nonexistent/docs.jsonl"], "cannot read documents"),
+        (["bench", "rank", "--data", "/nonexistent"], "not a BEIR dataset"),
     ],
 )
 def test_bad_input_fails_fast_and_clearly(args, message):

@@ -314,3 +314,33 @@ def rank_cmd(
         snippet = text[doc_id][:70].replace("\n", " ")
         typer.echo(f"{place:3} {score:+9.4f}  {doc_id:12}  {snippet}")
     typer.echo(f"{result.passes} forward passes, {result.seconds:.1f} s", err=True)
+
+
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks on data you provide.")
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("rank")
+@_user_errors
+def bench_rank_cmd(
+    data: Annotated[Path, typer.Option(help="BEIR dataset folder (corpus.jsonl, queries.jsonl, qrels/)")],
+    model: Model = "smollm2-135m",
+    dtype: Dtype = "float32",
+    headmap: Annotated[Path | None, typer.Option(help="head map; default: the shipped one")] = None,
+    split: Annotated[str, typer.Option(help="qrels split to evaluate")] = "test",
+    candidates: Annotated[int, typer.Option(help="BM25 candidates re-ranked per query")] = 20,
+    limit: Annotated[int | None, typer.Option(help="only the first N queries")] = None,
+    out: Annotated[Path, typer.Option(help="folder for rank_scifact.json, .md and .png")] = Path("runs/bench-rank"),
+) -> None:
+    """BM25 vs attention re-ranking (all heads, retrieval heads) on a BEIR dataset: nDCG@10 and latency."""
+    import sys
+
+    from headwise.benchmarks import load_beir, rank_benchmark, write_rank_report
+    from headwise.headmap import HeadMap, shipped_headmap
+    from headwise.models import load_model
+
+    load_beir(data, split)  # fail on a wrong folder before the model loads
+    m, tok = load_model(model, dtype)
+    hm = HeadMap.load(headmap, m) if headmap else shipped_headmap(model)
+    doc = rank_benchmark(m, tok, hm, data, split, candidates, limit)
+    typer.echo(write_rank_report({"command": "headwise " + " ".join(sys.argv[1:]), **doc}, out))

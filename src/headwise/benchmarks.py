@@ -1,0 +1,173 @@
+"""Benchmarks a user can run from the package: attention re-ranking on a BEIR dataset (SciFact).
+
+`headwise bench rank --data DIR` and bench/rank_scifact.py both call `rank_benchmark`. The data is
+read from the folder given, never downloaded or shipped (SciFact's corpus is non-commercial).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from headwise.errors import HeadwiseError
+from headwise.headmap import HeadMap
+from headwise.rank import Doc, attention_scores, head_weights
+
+LATENCY_SIZES = (10, 20, 40)
+
+
+def ndcg_at_10(ranked: list[str], relevant: set[str]) -> float:
+    """Binary-relevance nDCG@10."""
+    gain = sum(1 / np.log2(i + 2) for i, d in enumerate(ranked[:10]) if d in relevant)
+    ideal = sum(1 / np.log2(i + 2) for i in range(min(10, len(relevant))))
+    return gain / ideal
+
+
+def load_beir(data: Path, split: str) -> tuple[dict[str, Doc], dict[str, str], dict[str, set[str]]]:
+    """(corpus by id, queries of the split by id, relevant doc ids per query)."""
+    needed = [data / "corpus.jsonl", data / "queries.jsonl", data / "qrels" / f"{split}.tsv"]
+    missing = [str(p) for p in needed if not p.is_file()]
+    if missing:
+        raise HeadwiseError(f"not a BEIR dataset folder, missing: {', '.join(missing)}")
+    corpus = {}
+    for line in (data / "corpus.jsonl").read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        corpus[row["_id"]] = Doc(row["_id"], f"{row['title']}. {row['text']}".strip())
+    qrels: dict[str, set[str]] = {}
+    for line in (data / "qrels" / f"{split}.tsv").read_text().splitlines()[1:]:
+        qid, did, score = line.split("\t")
+        if int(score) > 0:
+            qrels.setdefault(qid, set()).add(did)
+    queries = {}
+    for line in (data / "queries.jsonl").read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        if row["_id"] in qrels:
+            queries[row["_id"]] = row["text"]
+    return corpus, queries, qrels
+
+
+def bm25_candidates(corpus: dict[str, Doc], queries: dict[str, str], k: int) -> dict[str, list[str]]:
+    """Top-k document ids per query from BM25 over the whole corpus (bm25s, English stop words, Snowball stems)."""
+    try:
+        import bm25s
+        import Stemmer
+    except ImportError:
+        raise HeadwiseError("the ranking benchmark needs BM25: pip install 'headwise[bench]'") from None
+    ids = list(corpus)
+    stemmer = Stemmer.Stemmer("english")
+    retriever = bm25s.BM25()
+    retriever.index(bm25s.tokenize([corpus[i].text for i in ids], stopwords="en", stemmer=stemmer, show_progress=False))
+    qids = list(queries)
+    hits, _ = retriever.retrieve(
+        bm25s.tokenize([queries[q] for q in qids], stopwords="en", stemmer=stemmer, show_progress=False),
+        k=k,
+        show_progress=False,
+    )
+    return {q: [ids[j] for j in row] for q, row in zip(qids, hits, strict=True)}
+
+
+def rank_benchmark(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    headmap: HeadMap,
+    data: Path,
+    split: str = "test",
+    candidates: int = 20,
+    limit: int | None = None,
+    latency_queries: int = 10,
+) -> dict:
+    """nDCG@10 of BM25 and of ICR re-ranking its top `candidates` (all heads, the map's top 5% / 10%,
+    heads weighted by score), from one pair of passes per query; then latency against list size."""
+    corpus, queries, qrels = load_beir(Path(data), split)
+    qids = sorted(queries, key=lambda q: (len(q), q))[:limit]
+    pool = bm25_candidates(corpus, {q: queries[q] for q in qids}, max(candidates, *LATENCY_SIZES))
+    choices = {
+        "ICR, all heads": head_weights(model, None),
+        "ICR, retrieval heads (top 5%)": head_weights(model, headmap, "5%"),
+        "ICR, retrieval heads (top 10%)": head_weights(model, headmap, "10%"),
+        "ICR, weighted by retrieval score": headmap.scores,
+    }
+    ndcg: dict[str, list[float]] = {"BM25": [], **{name: [] for name in choices}}
+    seconds, passes = [], set()
+    for q in tqdm(qids, desc="rank", unit="query"):
+        docs = [corpus[d] for d in pool[q][:candidates]]
+        ndcg["BM25"].append(ndcg_at_10([d.id for d in docs], qrels[q]))
+        began = time.perf_counter()
+        mass, used, _ = attention_scores(model, tokenizer, queries[q], docs)
+        seconds.append(time.perf_counter() - began)
+        passes.add(used)
+        for name, weights in choices.items():
+            scores = np.einsum("lh,lhd->d", weights, mass)
+            ndcg[name].append(ndcg_at_10([docs[i].id for i in np.argsort(-scores, kind="stable")], qrels[q]))
+    latency = []
+    for n in LATENCY_SIZES:
+        times, used, cap = [], 0, 0
+        for q in qids[:latency_queries]:
+            began = time.perf_counter()
+            _, used, cap = attention_scores(model, tokenizer, queries[q], [corpus[d] for d in pool[q][:n]])
+            times.append(time.perf_counter() - began)
+        latency.append({"docs": n, "seconds": round(float(np.mean(times)), 2), "passes": used, "doc_tokens": cap})
+    return {
+        "model": headmap.model,
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "split": split,
+        "queries": len(qids),
+        "candidates": candidates,
+        "rows": [{"method": k, "ndcg@10": round(float(np.mean(v)), 4), "queries": len(v)} for k, v in ndcg.items()],
+        "seconds_per_query": round(float(np.mean(seconds)), 2),
+        "passes_per_query": sorted(passes),
+        "latency": latency,
+    }
+
+
+def write_rank_report(doc: dict, out: Path) -> str:
+    """Save rank_scifact[-split].json, .md and .png under `out`; return the markdown."""
+    out.mkdir(parents=True, exist_ok=True)
+    name = "rank_scifact" + ("" if doc["split"] == "test" else "-" + doc["split"])
+    (out / f"{name}.json").write_text(json.dumps(doc, indent=1))
+    lines = [
+        f"# {doc['model']}: ICR re-ranking on BEIR SciFact ({doc['split']})",
+        "",
+        f"Command: `{doc['command']}`; {doc['queries']} queries, BM25 top-{doc['candidates']} re-ranked, "
+        f"{doc['dtype']}.",
+        "",
+        "| method | nDCG@10 |",
+        "|---|---|",
+        *[f"| {r['method']} | {r['ndcg@10']:.4f} |" for r in doc["rows"]],
+        "",
+        f"{doc['seconds_per_query']} s per query ({', '.join(map(str, doc['passes_per_query']))} forward passes; "
+        "the two passes share the documents' prefill).",
+        "",
+        "| documents | seconds per query | forward passes | tokens per document |",
+        "|---|---|---|---|",
+        *[f"| {r['docs']} | {r['seconds']} | {r['passes']} | {r['doc_tokens']} |" for r in doc["latency"]],
+    ]
+    text = "\n".join(lines) + "\n"
+    (out / f"{name}.md").write_text(text)
+    plot_rank(doc["rows"], doc["latency"], out / f"{name}.png", doc["model"])
+    return text
+
+
+def plot_rank(rows: list[dict], latency: list[dict], path: Path, model: str) -> None:
+    """nDCG@10 per method, and latency against the number of documents."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [2, 1]})
+    a.barh([r["method"] for r in rows][::-1], [r["ndcg@10"] for r in rows][::-1], color="#2a7")
+    a.set_xlabel("nDCG@10")
+    b.plot([r["docs"] for r in latency], [r["seconds"] for r in latency], "o-")
+    b.set_xlabel("documents per query")
+    b.set_ylabel("seconds per query")
+    b.set_ylim(bottom=0)
+    fig.suptitle(f"{model}: SciFact re-ranking")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
