@@ -6,7 +6,7 @@ import pytest
 
 from headwise.errors import HeadwiseError
 from headwise.headmap import shipped_headmap
-from headwise.rank import MIN_DOC_TOKENS, Doc, _pack, load_docs, rank
+from headwise.rank import MIN_DOC_TOKENS, Doc, _pack, attention_scores, load_docs, rank
 
 DOCS = [
     Doc("bees", "Honey bees communicate the direction of flowers to their hive mates with a waggle dance."),
@@ -26,15 +26,17 @@ def test_the_relevant_document_ranks_first_in_two_passes(smol):
         ("How do bees tell each other where food is?", "bees"),
         ("Which river brings the most water to the ocean?", "rivers"),
     ):
-        result = rank(model, tok, query, DOCS, headmap=headmap)
-        assert result.order[0][0] == gold, result.order
-        assert result.passes == 2 and len(result.order) == len(DOCS)
+        order = rank(model, tok, query, DOCS, headmap=headmap)
+        assert order[0][0] == gold, order
+        assert len(order) == len(DOCS)
 
 
-def test_all_heads_rank_every_document_once(smol):
+def test_all_heads_rank_every_document_once_in_two_passes(smol):
     model, tok = smol
-    result = rank(model, tok, "Where is Mount Etna?", DOCS)
-    assert sorted(i for i, _ in result.order) == sorted(d.id for d in DOCS) and result.passes == 2
+    order = rank(model, tok, "Where is Mount Etna?", DOCS)
+    assert sorted(i for i, _ in order) == sorted(d.id for d in DOCS)
+    _, passes, cap = attention_scores(model, tok, "Where is Mount Etna?", DOCS)
+    assert passes == 2 and cap == 300
 
 
 def test_many_documents_are_cut_to_share_the_window_then_split():

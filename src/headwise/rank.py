@@ -11,7 +11,6 @@ window, and only when that would leave too little of each are they split into gr
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,16 +77,6 @@ def head_weights(model: PreTrainedModel, headmap: HeadMap | None, top: int | flo
     return weights
 
 
-@dataclass
-class Ranking:
-    """Documents best first with their calibrated scores, and what it cost."""
-
-    order: list[tuple[str, float]]
-    passes: int
-    seconds: float
-    doc_tokens: int
-
-
 def rank(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -96,15 +85,13 @@ def rank(
     headmap: HeadMap | None = None,
     top: int | float | str = "5%",
     max_doc_tokens: int = 300,
-) -> Ranking:
-    """Rank `docs` for `query` by the calibrated attention its tokens pay each document in the map's
-    top heads (all heads without a map). Documents are cut to at most `max_doc_tokens` tokens."""
+) -> list[tuple[str, float]]:
+    """(doc id, score) pairs, best first: the calibrated attention the query's tokens pay each document
+    in the map's top heads (all heads without a map). Documents are cut to at most `max_doc_tokens`."""
     weights = head_weights(model, headmap, top)
-    began = time.perf_counter()
-    mass, passes, cap = attention_scores(model, tokenizer, query, docs, max_doc_tokens)
+    mass, _, _ = attention_scores(model, tokenizer, query, docs, max_doc_tokens)
     scores = np.einsum("lh,lhd->d", weights, mass)
-    order = sorted(zip((d.id for d in docs), scores.tolist(), strict=True), key=lambda p: -p[1])
-    return Ranking(order, passes, time.perf_counter() - began, cap)
+    return sorted(zip((d.id for d in docs), scores.tolist(), strict=True), key=lambda p: -p[1])
 
 
 def attention_scores(
