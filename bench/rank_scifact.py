@@ -1,6 +1,8 @@
 """Benchmark for issue #5: attention re-ranking (ICR) of BM25 candidates on BEIR SciFact.
 
     python bench/rank_scifact.py --data ../shared/data/ir/scifact --dtype bfloat16   # ~45 min on 2 CPU cores
+    python bench/rank_scifact.py --data ../shared/data/ir/scifact --dtype bfloat16 --model gemma3-270m \
+        --headmap bench/results/gemma3-270m/headmap-frankenstein.json
 
 Same as `headwise bench rank --data ...`. The data is read from the path given (BEIR layout:
 corpus.jsonl, queries.jsonl, qrels/<split>.tsv) and is not shipped: SciFact's corpus is under
@@ -17,7 +19,7 @@ import sys
 from pathlib import Path
 
 from headwise.benchmarks import rank_benchmark, write_rank_report
-from headwise.headmap import shipped_headmap
+from headwise.headmap import HeadMap, shipped_headmap
 from headwise.models import load_model
 
 
@@ -31,12 +33,14 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=20)
     parser.add_argument("--limit", type=int, help="only the first N queries (for a quick look)")
     parser.add_argument("--latency-queries", type=int, default=10)
+    parser.add_argument("--headmap", type=Path, help="head map file; default: the one headwise ships for --model")
     args = parser.parse_args()
     model, tok = load_model(args.model, args.dtype)
+    headmap = HeadMap.load(args.headmap, model) if args.headmap else shipped_headmap(args.model)
     doc = rank_benchmark(
         model,
         tok,
-        shipped_headmap(args.model),
+        headmap,
         args.data,
         args.split,
         args.candidates,

