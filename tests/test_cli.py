@@ -30,6 +30,10 @@ def run(*args: str):
         (["profile", "--score", "speed"], "--score must be"),
         (["rank", "--query", "q", "--docs", "/nonexistent/docs.jsonl"], "cannot read documents"),
         (["bench", "rank", "--data", "/nonexistent"], "not a BEIR dataset"),
+        (["read", "--file", "/nonexistent/book.txt", "--question", "q"], "cannot read"),
+        (["read", "--file", "pyproject.toml", "--question", " "], "--question is empty"),
+        (["niah", "--reader", "magic"], "--reader must be"),
+        (["niah", "--reader", "headwise", "--cache", "window"], "cannot be combined"),
     ],
 )
 def test_bad_input_fails_fast_and_clearly(args, message):
@@ -53,3 +57,21 @@ def test_length_beyond_window_and_k_beyond_heads(tmp_path, smol):
     path = shipped_headmap("smollm2-135m").save(tmp_path / "map.json")
     result = run("ablate", str(path), "--k", "300")
     assert result.exit_code == 2 and "choose 1..270" in result.output
+
+
+def test_reader_goes_beyond_the_window_from_the_command_line(tmp_path, book):
+    result = run(
+        "niah", "--reader", "headwise", "--lengths", "9000", "--depths", "0.5", "--needles", "1",
+        "--chunk", "2048", "--keep", "128", "--out", str(tmp_path),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert doc["settings"]["reader"]["keep"] == 128 and doc["grid"]["lengths"] == [9000]
+    assert doc["outcomes"][0]["kept_needle"] and doc["correct"] == 1, doc["outcomes"]
+    cut = book.text.index(". ", 6000) + 1
+    story = book.text[:cut] + " The ferry leaves the harbour at seven." + book.text[cut : cut + 6000]
+    (tmp_path / "story.txt").write_text(story)
+    result = run("read", "--file", str(tmp_path / "story.txt"), "--question", "When does the ferry leave?", "--json")
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.stdout[result.stdout.index("{") :])
+    assert any("ferry leaves the harbour" in q for q in answer["quotes"]) and "seven" in answer["text"].lower()

@@ -8,6 +8,7 @@ from headwise.tasks import (
     Needle,
     is_correct,
     load_needles,
+    make_multi_test,
     make_tests,
     passkey_needles,
     pick_needles,
@@ -45,6 +46,19 @@ def test_scorer_wants_more_than_half_the_answer():
     assert not is_correct(n, "The Silver Swan.")
     assert rouge1_recall("a b", "b") == 0.5
     assert not is_correct(Needle("x", "q", "37"), "She planted 73 trees.")
+
+
+def test_multi_needle_facts_are_spread_in_order_at_exact_length(smol, book):
+    _, tok = smol
+    test = make_multi_test(tok, book, 4, 2000, start=5, seed=1)
+    head, tail = prompt_parts(tok, test.needle.question)
+    assert len(test.ids) == len(head) + 2000 + len(tail)
+    context = tok.decode(test.ids[len(head) : len(test.ids) - len(tail)])
+    places = [context.find(f) for f in test.facts]
+    assert all(p >= 0 for p in places) and places == sorted(places)
+    assert places[0] < len(context) / 4 < places[1] < len(context) / 2 < places[2] < 3 * len(context) / 4 < places[3]
+    assert is_correct(test.needle, "They are " + ", ".join(test.needle.answer.split()) + ".")
+    assert not is_correct(test.needle, " ".join(test.needle.answer.split()[:2]))  # two of four values is not enough
 
 
 def test_passkeys_are_deterministic_and_distinct():

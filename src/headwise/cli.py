@@ -7,7 +7,7 @@ import json
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -18,6 +18,8 @@ from headwise import ablate as _ablate
 from headwise import profile as _profile
 from headwise.errors import HeadwiseError
 from headwise.haystack import Haystack, load_haystack
+from headwise.headmap import HeadMap
+from headwise.reader import DEFAULT_CHUNK, DEFAULT_KEEP, DEFAULT_POOL
 from headwise.tasks import Needle, NeedleTest, check_grid, load_needles, make_tests, pick_needles
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Find retrieval heads and put them to work.")
@@ -34,6 +36,14 @@ NeedlesFile = Annotated[
 ]
 HaystackOpt = Annotated[str, typer.Option(help="frankenstein, pride-and-prejudice, moby-dick, or a UTF-8 text file")]
 Seed = Annotated[int, typer.Option(help="seed for where each test's prose starts and for random draws")]
+Heads = Annotated[
+    str, typer.Option(help="whose attention to read: all, retrieval (the shipped head map) or a head map file")
+]
+Top = Annotated[str, typer.Option(help="with a head map: how many top heads to read (count or 5%)")]
+Chunk = Annotated[int, typer.Option(help="new tokens read per step (--reader)")]
+Keep = Annotated[int, typer.Option(help="tokens carried between steps and answered from (--reader)")]
+Unit = Annotated[str, typer.Option(help="what is kept: sentence, block (16 tokens) or token (--reader)")]
+Pool = Annotated[str, typer.Option(help="a unit's score from its tokens' attention: mean, sum or max (--reader)")]
 
 
 def _user_errors(fn: Callable) -> Callable:
@@ -48,6 +58,17 @@ def _user_errors(fn: Callable) -> Callable:
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+def _headmap(heads: str, model_name: str, model) -> HeadMap | None:
+    """The head map `--heads` names: None for all heads, the shipped map for retrieval, else a file."""
+    from headwise.headmap import HeadMap, shipped_headmap
+
+    if heads == "all":
+        return None
+    headmap = shipped_headmap(model_name) if heads == "retrieval" else HeadMap.load(Path(heads), model)
+    headmap.check_model(model)
+    return headmap
 
 
 def _numbers(text: str, kind: type, what: str) -> list:
@@ -235,30 +256,52 @@ def niah_cmd(
     ] = None,
     sink: Annotated[int, typer.Option(help="sink tokens kept by windowed heads")] = 4,
     window: Annotated[int, typer.Option(help="recent tokens kept by non-retrieval heads (--cache headwise)")] = 256,
+    reader: Annotated[
+        str, typer.Option(help="none, or headwise: read contexts beyond the window in chunks, keeping what --heads see")
+    ] = "none",
+    heads: Heads = "retrieval",
+    chunk: Chunk = DEFAULT_CHUNK,
+    keep: Keep = DEFAULT_KEEP,
+    unit: Unit = "sentence",
+    pool: Pool = DEFAULT_POOL,
     out: Annotated[Path | None, typer.Option(help="directory for results.json and heatmap.png")] = None,
 ) -> None:
     """Run a needle-in-a-haystack grid (lengths x depths); write results JSON and the accuracy heatmap."""
     from headwise.cache import cache_factory
-    from headwise.headmap import HeadMap, shipped_headmap
+    from headwise.headmap import shipped_headmap
     from headwise.models import load_model
     from headwise.niah import run_niah
+    from headwise.rank import head_weights
+    from headwise.reader import needle_reader
 
     if cache not in ("full", "headwise", "window"):
         raise HeadwiseError(f"--cache must be full, headwise or window, got {cache!r}")
+    if reader not in ("none", "headwise"):
+        raise HeadwiseError(f"--reader must be none or headwise, got {reader!r}")
+    if reader != "none" and cache != "full":
+        raise HeadwiseError("--reader and --cache cannot be combined; the reader keeps its own context")
     grid = _grid(haystack, needles, needles_file, lengths, depths, seed, held_out=True)
     m, tok = load_model(model, dtype)
-    hm = None
-    if cache == "headwise":
-        hm = HeadMap.load(headmap, m) if headmap else shipped_headmap(model)
-        hm.check_model(m)
     tests = grid.tests(tok)
-    result = run_niah(m, tok, tests, make_cache=cache_factory(m, cache, budget, hm, sink, window), cache_name=cache)
-    folder = out or Path("runs") / f"niah-{_slug(model)}-{cache}"
+    if reader == "headwise":
+        options = {"chunk": chunk, "keep": keep, "unit": unit, "pool": pool}
+        respond = needle_reader(m, tok, head_weights(m, _headmap(heads, model, m)), **options)
+        result = run_niah(m, tok, tests, respond=respond, reader={"name": reader, "heads": heads, **options})
+        method = f"reader-{unit}"
+    else:
+        hm = None
+        if cache == "headwise":
+            hm = HeadMap.load(headmap, m) if headmap else shipped_headmap(model)
+            hm.check_model(m)
+        make_cache = cache_factory(m, cache, budget, hm, sink, window)
+        result = run_niah(m, tok, tests, make_cache=make_cache, cache_name=cache)
+        method = cache
+    folder = out or Path("runs") / f"niah-{_slug(model)}-{method}"
     path = result.save(folder / "results.json")
     png = result.plot(folder / "heatmap.png")
+    held = f", KV held {result.kv_ratio:.0%} of the full cache" if result.kv_ratio is not None else ""
     typer.echo(
-        f"cache {cache}: accuracy {result.accuracy:.0%} over {len(result.outcomes)} tests, "
-        f"KV held {result.kv_ratio:.0%} of the full cache; wrote {path} and {png}"
+        f"{method}: accuracy {result.accuracy:.0%} over {len(result.outcomes)} tests{held}; wrote {path} and {png}"
     )
 
 
@@ -290,14 +333,11 @@ def rank_cmd(
     docs: Annotated[Path, typer.Option(help='JSONL file, one {"id", "text", optional "title"} per line')],
     model: Model = "smollm2-135m",
     dtype: Dtype = "float32",
-    heads: Annotated[
-        str, typer.Option(help="whose attention to read: all, retrieval (the shipped head map) or a head map file")
-    ] = "retrieval",
-    top: Annotated[str, typer.Option(help="with a head map: how many top heads to read (count or 5%)")] = "5%",
+    heads: Heads = "retrieval",
+    top: Top = "5%",
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
 ) -> None:
     """Rank documents by the attention the query pays them (in-context re-ranking, two forward passes)."""
-    from headwise.headmap import HeadMap, shipped_headmap
     from headwise.models import load_model
     from headwise.rank import load_docs, rank
 
@@ -305,7 +345,7 @@ def rank_cmd(
     if not query.strip():
         raise HeadwiseError("--query is empty")
     m, tok = load_model(model, dtype)
-    hm = None if heads == "all" else shipped_headmap(model) if heads == "retrieval" else HeadMap.load(Path(heads), m)
+    hm = _headmap(heads, model, m)
     began = time.perf_counter()
     order = rank(m, tok, query, candidates, headmap=hm, top=top)
     text = {d.id: d.text for d in candidates}
@@ -316,6 +356,43 @@ def rank_cmd(
         snippet = text[doc_id][:70].replace("\n", " ")
         typer.echo(f"{place:3} {score:+9.4f}  {doc_id:12}  {snippet}")
     typer.echo(f"ranked {len(order)} documents in {time.perf_counter() - began:.1f} s", err=True)
+
+
+@app.command("read")
+@_user_errors
+def read_cmd(
+    file: Annotated[Path, typer.Option(help="UTF-8 text file of any length")],
+    question: Annotated[str, typer.Option(help="the question to answer from the text")],
+    model: Model = "smollm2-135m",
+    dtype: Dtype = "bfloat16",
+    heads: Heads = "retrieval",
+    top: Top = "5%",
+    chunk: Chunk = DEFAULT_CHUNK,
+    keep: Keep = DEFAULT_KEEP,
+    unit: Unit = "sentence",
+    pool: Pool = DEFAULT_POOL,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON: answer, evidence spans and costs")] = False,
+) -> None:
+    """Answer a question over a text longer than the model's window, keeping what the retrieval heads attend to."""
+    from headwise.models import load_model
+    from headwise.reader import load_text, read
+
+    text = load_text(file)
+    if not question.strip():
+        raise HeadwiseError("--question is empty; ask something the text answers")
+    m, tok = load_model(model, dtype)
+    answer = read(m, tok, text, question, _headmap(heads, model, m), top, chunk, keep, unit, pool)
+    if as_json:
+        typer.echo(json.dumps({**asdict(answer), "quotes": answer.quotes(text)}, indent=1))
+        return
+    typer.echo(answer.text)
+    for (start, _), quote in zip(answer.evidence, answer.quotes(text), strict=True):
+        typer.echo(f"  [{start:>9}] {' '.join(quote.split())[:100]}", err=True)
+    typer.echo(
+        f"read {answer.input_tokens} tokens in {answer.chunks} chunks, {answer.seconds:.1f} s "
+        f"({answer.input_tokens / answer.seconds:.0f} tokens/s)",
+        err=True,
+    )
 
 
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks on data you provide.")

@@ -28,6 +28,17 @@ def clean_text(raw: str) -> str:
     return "\n\n".join(p for p in paragraphs if len(p) >= 80 and p[-1] in _PROSE_END)
 
 
+def tokenize_sentences(tokenizer: PreTrainedTokenizerBase, text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(token ids, (start, end) character offsets per token, sorted token indices that begin a sentence)."""
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = np.asarray(enc["input_ids"], dtype=np.int64)
+    offsets = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+    chars = np.asarray([0] + [m.end() for m in _SENTENCE_START.finditer(text)])
+    # A sentence begins at the first token that reaches the whitespace before it (or its first letter).
+    bounds = np.unique(np.searchsorted(offsets[:, 1], chars - 1, side="right"))
+    return ids, offsets, bounds
+
+
 @dataclass
 class Haystack:
     """A prose source; `tokens()` gives its token ids and the token indices where sentences start."""
@@ -40,12 +51,7 @@ class Haystack:
         """Token ids of the whole text and the sorted token indices that begin a sentence (cached)."""
         key = (tokenizer.name_or_path, len(tokenizer))
         if key not in self._cache:
-            enc = tokenizer(self.text, add_special_tokens=False, return_offsets_mapping=True)
-            ids = np.asarray(enc["input_ids"], dtype=np.int64)
-            ends = np.asarray([e for _, e in enc["offset_mapping"]])
-            chars = np.asarray([0] + [m.end() for m in _SENTENCE_START.finditer(self.text)])
-            # A sentence begins at the first token that reaches the whitespace before it (or its first letter).
-            bounds = np.unique(np.searchsorted(ends, chars - 1, side="right"))
+            ids, _, bounds = tokenize_sentences(tokenizer, self.text)
             self._cache[key] = (ids, bounds)
         return self._cache[key]
 
@@ -59,21 +65,41 @@ class Haystack:
     ) -> tuple[np.ndarray, int]:
         """`length` tokens of prose from sentence `start` (wrapping around), with `insert` placed at a
         sentence boundary at or before `depth` of the way in. Returns (ids, insert position)."""
+        if insert is None:
+            out, positions = self.cut_many(tokenizer, length, start, [np.zeros(0, dtype=np.int64)], [depth])
+        else:
+            out, positions = self.cut_many(tokenizer, length, start, [insert], [depth])
+        return out, positions[0]
+
+    def cut_many(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        length: int,
+        start: int,
+        inserts: list[np.ndarray],
+        depths: list[float],
+    ) -> tuple[np.ndarray, list[int]]:
+        """`cut` with several inserts, each at a sentence boundary at or before its depth of the prose.
+        Returns (ids, where each insert begins in them)."""
         ids, bounds = self.tokens(tokenizer)
-        extra = 0 if insert is None else len(insert)
+        extra = sum(len(i) for i in inserts)
         body = length - extra
         if body < 0:
-            raise HeadwiseError(f"a haystack of {length} tokens cannot hold a needle of {extra} tokens")
+            raise HeadwiseError(f"a haystack of {length} tokens cannot hold needles of {extra} tokens")
         first = bounds[start % len(bounds)]
         take = (first + np.arange(body)) % len(ids)
         rel = np.sort((bounds - first) % len(ids))
         rel = rel[rel <= body]
-        target = round(depth * body)
-        pos = int(rel[rel <= target].max())
-        out = ids[take]
-        if insert is None:
-            return out, pos
-        return np.concatenate([out[:pos], insert, out[pos:]]), pos
+        at = [int(rel[rel <= round(d * body)].max()) for d in depths]
+        order = sorted(range(len(inserts)), key=lambda i: (at[i], i))
+        out, pieces, positions, done = ids[take], [], [0] * len(inserts), 0
+        for i in order:
+            pieces.append(out[done : at[i]])
+            positions[i] = sum(len(p) for p in pieces)
+            pieces.append(inserts[i])
+            done = at[i]
+        pieces.append(out[done:])
+        return np.concatenate(pieces), positions
 
     def num_sentences(self, tokenizer: PreTrainedTokenizerBase) -> int:
         """How many sentence starts the text has in this tokenizer's ids."""

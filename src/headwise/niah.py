@@ -30,6 +30,8 @@ class Outcome:
     correct: bool
     kv_bytes: int | None = None
     full_kv_bytes: int | None = None
+    seconds: float | None = None
+    kept_needle: bool | None = None  # a reader: did the text it answered from hold the whole needle?
 
 
 @dataclass
@@ -114,9 +116,13 @@ def evaluate(
     progress: bool = True,
     desc: str = "niah",
     make_cache: Callable[[NeedleTest], Cache] | None = None,
+    respond: Callable[[NeedleTest], Outcome] | None = None,
 ) -> list[Outcome]:
     """Answer each test greedily and score it (ROUGE-1 recall of the answer > 0.5). With `make_cache`,
-    each test decodes with the cache it builds, and the KV bytes held at the end are recorded."""
+    each test decodes with the cache it builds, and the KV bytes held at the end are recorded. With
+    `respond` (a long-context reader, reader.py), that function answers and scores each test instead."""
+    if respond is not None:
+        return [respond(t) for t in tqdm(tests, desc=desc, unit="test", disable=not progress)]
     check_lengths(model, [t.length for t in tests])
     outcomes = []
     for t in tqdm(tests, desc=desc, unit="test", disable=not progress, leave=False):
@@ -145,12 +151,16 @@ def run_niah(
     progress: bool = True,
     make_cache: Callable[[NeedleTest], Cache] | None = None,
     cache_name: str = "full",
+    respond: Callable[[NeedleTest], Outcome] | None = None,
+    reader: dict | None = None,
 ) -> NiahResult:
-    """Run a needle grid (with the full KV cache, or the caches `make_cache` builds) and keep every outcome."""
+    """Run a needle grid (with the full KV cache, the caches `make_cache` builds, or a reader's `respond`,
+    described by its settings `reader`) and keep every outcome."""
     began = time.perf_counter()
-    outcomes = evaluate(model, tokenizer, tests, progress, make_cache=make_cache)
+    outcomes = evaluate(model, tokenizer, tests, progress, make_cache=make_cache, respond=respond)
     settings = {
         "cache": cache_name,
+        "reader": reader,
         "haystacks": sorted({t.haystack for t in tests}),
         "needles": len({t.needle for t in tests}),
         "dtype": str(model.dtype).removeprefix("torch."),

@@ -82,15 +82,27 @@ class WindowProbe:
         self.count[layer] += m
 
 
+class ProbeDone(Exception):
+    """Raised by a SpanProbe after its last needed layer, to end a forward pass whose output is not used."""
+
+
 class SpanProbe:
     """Attention mass that a block of prompt rows (a query) pays each key span (a document), per head.
 
     Read in one prefill pass from the rows' own attention scores (rows x keys, float32), so the full
     attention matrix is never built. `mass[layer, head, span]` is the mean over the rows, so queries of
-    different lengths (a query and its calibration) compare."""
+    different lengths (a query and its calibration) compare. With `last_layer`, measuring that layer
+    raises ProbeDone, so a caller that only wants the mass skips the layers above it."""
 
-    def __init__(self, num_layers: int, num_heads: int, rows: tuple[int, int], spans: list[tuple[int, int]]) -> None:
-        self.rows, self.spans = rows, spans
+    def __init__(
+        self,
+        num_layers: int,
+        num_heads: int,
+        rows: tuple[int, int],
+        spans: list[tuple[int, int]],
+        last_layer: int | None = None,
+    ) -> None:
+        self.rows, self.spans, self.last_layer = rows, spans, last_layer
         self.mass = torch.zeros(num_layers, num_heads, len(spans))
 
     def measure(
@@ -119,6 +131,8 @@ class SpanProbe:
         a = torch.tensor([s for s, _ in self.spans], device=key.device)
         b = torch.tensor([e for _, e in self.spans], device=key.device)
         self.mass[layer] = (edges[:, b] - edges[:, a]).cpu()
+        if self.last_layer is not None and layer >= self.last_layer:
+            raise ProbeDone
 
 
 @dataclass
@@ -257,11 +271,14 @@ def window_probing(model: PreTrainedModel, sink: int, window: int, rows: int = 3
 
 
 @contextmanager
-def span_probing(model: PreTrainedModel, rows: tuple[int, int], spans: list[tuple[int, int]]) -> Iterator[SpanProbe]:
-    """Measure the attention that prompt rows `rows` pay each key span, per head, while the block runs."""
+def span_probing(
+    model: PreTrainedModel, rows: tuple[int, int], spans: list[tuple[int, int]], last_layer: int | None = None
+) -> Iterator[SpanProbe]:
+    """Measure the attention that prompt rows `rows` pay each key span, per head, while the block runs
+    (up to `last_layer`, which ends the forward pass with ProbeDone)."""
     control = control_of(model)
     shape = model_shape(model)
-    control.row_probe = SpanProbe(shape.num_layers, shape.num_heads, rows, spans)
+    control.row_probe = SpanProbe(shape.num_layers, shape.num_heads, rows, spans, last_layer)
     try:
         yield control.row_probe
     finally:

@@ -40,6 +40,7 @@ class NeedleTest:
     length: int
     depth: float
     haystack: str
+    facts: tuple[str, ...] = ()  # multi-needle tests: the sentences hidden at several depths
 
     @property
     def needle_ids(self) -> torch.Tensor:
@@ -78,6 +79,40 @@ def passkey_needles(count: int, seed: int = 0) -> list[Needle]:
     rng = random.Random(seed)
     keys = [str(rng.randrange(10000, 100000)) for _ in range(count)]
     return [Needle(f"The pass key is {k}. Remember it. {k} is the pass key.", "What is the pass key?", k) for k in keys]
+
+
+MULTI_OWNERS = ("Captain Ward", "Aunt Miriam", "the miller Osric", "Doctor Penhallow", "the widow Tamsin", "old Elias")
+
+
+def multi_needle(count: int = 4, seed: int = 0) -> tuple[Needle, list[str]]:
+    """A multi-value needle (as in RULER): `count` facts "One of the lucky numbers of X is N." hidden apart,
+    and one question whose answer needs every N. Returns (the question and joined answer, the facts)."""
+    rng = random.Random(seed)
+    owner = rng.choice(MULTI_OWNERS)
+    values = [str(v) for v in rng.sample(range(1000, 10000), count)]
+    facts = [f"One of the lucky numbers of {owner} is {v}." for v in values]
+    return Needle(" ".join(facts), f"What are the lucky numbers of {owner}?", " ".join(values)), facts
+
+
+def make_multi_test(
+    tokenizer: PreTrainedTokenizerBase,
+    haystack: Haystack,
+    count: int,
+    length: int,
+    start: int,
+    seed: int = 0,
+) -> NeedleTest:
+    """`length` tokens of prose with the facts of `multi_needle(count, seed)` spread evenly through it;
+    `depth` records the first fact's depth and `span` its tokens."""
+    needle, facts = multi_needle(count, seed)
+    head, tail = prompt_parts(tokenizer, needle.question)
+    inserts = [np.asarray(tokenizer(" " + f, add_special_tokens=False)["input_ids"]) for f in facts]
+    depths = [(i + 0.5) / count for i in range(count)]
+    context, positions = haystack.cut_many(tokenizer, length, start, inserts, depths)
+    ids = torch.tensor(np.concatenate([head, context, tail]), dtype=torch.long)
+    begin = len(head) + positions[0]
+    span = (begin, begin + len(inserts[0]))
+    return NeedleTest(ids, span, needle, length, depths[0], haystack.name, tuple(facts))
 
 
 def words(text: str) -> list[str]:
