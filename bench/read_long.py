@@ -32,7 +32,16 @@ from headwise.models import load_model, model_shape, resolve
 from headwise.niah import NiahResult, Outcome, run_niah
 from headwise.rank import head_weights
 from headwise.reader import DEFAULT_POOL, needle_reader
-from headwise.tasks import NeedleTest, is_correct, load_needles, make_multi_test, make_tests, pick_needles, prompt_parts
+from headwise.tasks import (
+    NeedleTest,
+    context_text,
+    is_correct,
+    load_needles,
+    make_multi_test,
+    make_tests,
+    pick_needles,
+    prompt_parts,
+)
 
 PARTS = ("main", "heads", "units", "multi", "million", "infiniretri")
 INFINIRETRI_PYTHON = Path(__file__).parents[1] / ".venv-infiniretri" / "bin" / "python"
@@ -44,11 +53,7 @@ def infiniretri(model_name: str, dtype: str, tok, tests: list[NeedleTest]) -> Ni
     if not INFINIRETRI_PYTHON.is_file():
         raise SystemExit("InfiniRetri's environment is missing: run bench/infiniretri/setup.sh first")
     where, gguf = resolve(model_name)
-    exported = []
-    for t in tests:
-        head, tail = prompt_parts(tok, t.needle.question)
-        context = tok.decode(t.ids[len(head) : len(t.ids) - len(tail)])
-        exported.append({"context": context, "question": t.needle.question})
+    exported = [{"context": context_text(tok, t), "question": t.needle.question} for t in tests]
     spec = {
         "model_dir": where,
         "gguf_file": gguf,

@@ -6,6 +6,7 @@ from headwise.errors import HeadwiseError
 from headwise.haystack import load_haystack
 from headwise.tasks import (
     Needle,
+    context_text,
     is_correct,
     load_needles,
     make_multi_test,
@@ -53,7 +54,7 @@ def test_multi_needle_facts_are_spread_in_order_at_exact_length(smol, book):
     test = make_multi_test(tok, book, 4, 2000, start=5, seed=1)
     head, tail = prompt_parts(tok, test.needle.question)
     assert len(test.ids) == len(head) + 2000 + len(tail)
-    context = tok.decode(test.ids[len(head) : len(test.ids) - len(tail)])
+    context = context_text(tok, test)
     places = [context.find(f) for f in test.facts]
     assert all(p >= 0 for p in places) and places == sorted(places)
     assert places[0] < len(context) / 4 < places[1] < len(context) / 2 < places[2] < 3 * len(context) / 4 < places[3]

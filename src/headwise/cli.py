@@ -60,9 +60,10 @@ def _user_errors(fn: Callable) -> Callable:
     return wrapper
 
 
-def _headmap(heads: str, model_name: str, model) -> HeadMap | None:
-    """The head map `--heads` names: None for all heads, the shipped map for retrieval, else a file."""
-    from headwise.headmap import HeadMap, shipped_headmap
+def _headmap(heads: str | Path, model_name: str, model) -> HeadMap | None:
+    """The head map `--heads` names: None for all heads, the shipped map for retrieval, else a file
+    (a Path never equals "all" or "retrieval", so a Path is always read as a file)."""
+    from headwise.headmap import shipped_headmap
 
     if heads == "all":
         return None
@@ -268,7 +269,6 @@ def niah_cmd(
 ) -> None:
     """Run a needle-in-a-haystack grid (lengths x depths); write results JSON and the accuracy heatmap."""
     from headwise.cache import cache_factory
-    from headwise.headmap import shipped_headmap
     from headwise.models import load_model
     from headwise.niah import run_niah
     from headwise.rank import head_weights
@@ -289,10 +289,7 @@ def niah_cmd(
         result = run_niah(m, tok, tests, respond=respond, reader={"name": reader, "heads": heads, **options})
         method = f"reader-{unit}"
     else:
-        hm = None
-        if cache == "headwise":
-            hm = HeadMap.load(headmap, m) if headmap else shipped_headmap(model)
-            hm.check_model(m)
+        hm = _headmap(headmap or "retrieval", model, m) if cache == "headwise" else None
         make_cache = cache_factory(m, cache, budget, hm, sink, window)
         result = run_niah(m, tok, tests, make_cache=make_cache, cache_name=cache)
         method = cache

@@ -32,7 +32,7 @@ from headwise.models import model_shape
 from headwise.niah import Outcome
 from headwise.probe import ProbeDone, span_probing
 from headwise.rank import head_weights
-from headwise.tasks import NeedleTest, is_correct, prompt_parts
+from headwise.tasks import NeedleTest, context_text, is_correct, prompt_parts
 
 UNITS = ("sentence", "block", "token")
 MAX_UNIT_TOKENS = 48  # sentences longer than this are split, so one unit never crowds out the budget
@@ -227,8 +227,7 @@ def needle_reader(
     `weights` and `options` of `read`, and score the answer and whether the kept text held the needle."""
 
     def respond(test: NeedleTest) -> Outcome:
-        head, tail = prompt_parts(tokenizer, test.needle.question)
-        text = tokenizer.decode(test.ids[len(head) : len(test.ids) - len(tail)])
+        text = context_text(tokenizer, test)
         answer = read_with_weights(model, tokenizer, text, test.needle.question, weights, progress=False, **options)
         kept = all(_holds(text, fact, answer.evidence) for fact in test.facts or (test.needle.needle,))
         return Outcome(

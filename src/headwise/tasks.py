@@ -167,6 +167,12 @@ def make_test(
     return NeedleTest(ids, (begin, begin + len(needle_ids)), needle, length, depth, haystack.name)
 
 
+def context_text(tokenizer: PreTrainedTokenizerBase, test: NeedleTest) -> str:
+    """The test's prose with its needle(s), decoded without the prompt around it: what a reader is given."""
+    head, tail = prompt_parts(tokenizer, test.needle.question)
+    return tokenizer.decode(test.ids[len(head) : len(test.ids) - len(tail)])
+
+
 def check_grid(lengths: list[int], depths: list[float]) -> None:
     """Refuse empty grids, depths outside [0, 1] and contexts too short to hold prose and a needle."""
     if not lengths or not depths:
