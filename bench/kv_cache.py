@@ -3,6 +3,8 @@ rankings), sink + window on every head, and kvpress presses, at the same budgets
 
     bench/kvpress/setup.sh                                       # once: kvpress in its own .venv-kvpress
     python bench/kv_cache.py --model smollm2-135m --kvpress      # ~40 min on 2 CPU cores
+    python bench/kv_cache.py --model gemma3-270m --headmap bench/results/gemma3-270m/headmap-frankenstein.json \
+        --no-context                                             # a model without a shipped map
 
 HeadwiseCache ranks KV heads either by the shipped retrieval map or by a context map (how much each
 head's output changes under sink + window) that this script profiles first, on needles and a book
@@ -44,6 +46,8 @@ def main() -> None:
     parser.add_argument("--needles", type=int, default=3)
     parser.add_argument("--window", type=int, default=256, help="largest window for headwise's non-retrieval heads")
     parser.add_argument("--kvpress", action="store_true", help="also run kvpress presses (needs .venv-kvpress)")
+    parser.add_argument("--headmap", type=Path, help="retrieval head map (default: the one shipped for --model)")
+    parser.add_argument("--no-context", action="store_true", help="skip the context-ranked variant and its profiling")
     args = parser.parse_args()
     out = Path(__file__).parent / "results" / args.model.replace("/", "_")
     out.mkdir(parents=True, exist_ok=True)
@@ -60,10 +64,10 @@ def main() -> None:
     calibration = make_tests(
         tok, load_haystack("pride-and-prejudice"), pick_needles(load_needles(), 4, False), lengths, [0, 0.5, 1]
     )
-    maps = {"headwise": shipped_headmap(args.model)}
+    maps = {"headwise": HeadMap.load(args.headmap, model) if args.headmap else shipped_headmap(args.model)}
     # Non-retrieval heads keep at most half of the budget as sink + window; the rest pays for full heads.
     windows = {b: max(1, min(args.window, round(b * min(lengths) / 2) - SINK)) for b in BUDGETS}
-    for window in sorted(set(windows.values())):
+    for window in sorted(set(windows.values())) if not args.no_context else []:
         context_map = profile_context(model, tok, calibration, sink=SINK, window=window)
         context_map.save(out / f"headmap-context-w{window}.json")
         maps[f"headwise-context-w{window}"] = context_map
@@ -95,7 +99,8 @@ def main() -> None:
     run("full", 1.0, None, 0)
     for budget in BUDGETS:
         run("headwise", budget, maps["headwise"], windows[budget])
-        run("headwise-context", budget, maps[f"headwise-context-w{windows[budget]}"], windows[budget])
+        if not args.no_context:
+            run("headwise-context", budget, maps[f"headwise-context-w{windows[budget]}"], windows[budget])
         run("window", budget, None, 0)
     for row in pressed:
         add(row["method"], row["budget"], None, row["correct"], row["kv_ratio"], time.perf_counter() - row["seconds"])

@@ -3,7 +3,7 @@
     python bench/read_long.py --part main      # 32K, 128K: the plain model (its window) vs the reader
     python bench/read_long.py --part heads     # 32K: which heads select (retrieval / all / last layer)
     python bench/read_long.py --part units     # 32K: what is kept (sentence / block / token)
-    python bench/read_long.py --part multi     # 32K: four facts to collect (multi-value needle)
+    python bench/read_long.py --part multi --pool mean   # 32K: four facts to collect (multi-value needle)
     python bench/read_long.py --part million   # 1M tokens at a few depths, once
     bench/infiniretri/setup.sh && python bench/read_long.py --part infiniretri   # 32K: vs InfiniRetri's package
 
@@ -31,7 +31,7 @@ from headwise.headmap import shipped_headmap
 from headwise.models import load_model, model_shape, resolve
 from headwise.niah import NiahResult, Outcome, run_niah
 from headwise.rank import head_weights
-from headwise.reader import DEFAULT_POOL, needle_reader
+from headwise.reader import DEFAULT_POOL, POOLS, needle_reader
 from headwise.tasks import (
     NeedleTest,
     context_text,
@@ -136,6 +136,7 @@ def main() -> None:
     parser.add_argument("--lengths", help="override the part's lengths")
     parser.add_argument("--chunk", type=int, default=1024)
     parser.add_argument("--keep", type=int, default=256)
+    parser.add_argument("--pool", choices=POOLS, default=DEFAULT_POOL, help="how a sentence's token scores combine")
     args = parser.parse_args()
 
     model, tok = load_model(args.model, args.dtype)
@@ -145,7 +146,7 @@ def main() -> None:
     default_lengths = {"main": "32000,128000", "million": "1000000"}.get(args.part, "32000")
     lengths = [int(n) for n in (args.lengths or default_lengths).split(",")]
     needles = pick_needles(load_needles(), args.needles, held_out=True)
-    options = {"chunk": args.chunk, "keep": args.keep, "unit": "sentence", "pool": DEFAULT_POOL}
+    options = {"chunk": args.chunk, "keep": args.keep, "unit": "sentence", "pool": args.pool}
     retrieval = head_weights(model, headmap, "5%")
     last = np.zeros_like(retrieval)
     last[-1] = 1.0
@@ -190,13 +191,14 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     saved = out / f"{args.part}.json"
     command = "python bench/read_long.py " + " ".join(sys.argv[1:])
-    commands = [command]
+    for row in rows:
+        row["command"] = command
     if saved.is_file():  # runs of a part at other lengths keep their rows
         fresh = {(r["method"], r["length"]) for r in rows}
         old = json.loads(saved.read_text())
         rows = [r for r in old["rows"] if (r["method"], r["length"]) not in fresh] + rows
-        commands = [c for c in old["commands"] if c != command] + commands
         rows.sort(key=lambda r: (r["length"], list(methods).index(r["method"]) if r["method"] in methods else 0))
+    commands = list(dict.fromkeys(r["command"] for r in rows))  # the runs behind the rows still here
     doc = {
         "commands": commands,
         "model": args.model,
@@ -237,8 +239,8 @@ def report(folder: Path) -> str:
         ]
     text = "\n".join(lines)
     (folder / "reader.md").write_text(text)
-    if "main" in parts:
-        plot(parts["main"]["rows"], folder / "reader.png")
+    if "main" in parts:  # accuracy against length, with the 1M run on the reader's line where there is one
+        plot(parts["main"]["rows"] + parts.get("million", {}).get("rows", []), folder / "reader.png")
     return text
 
 
