@@ -61,16 +61,17 @@ def main() -> None:
         DEPTHS,
         seed=3,
     )
-    calibration = make_tests(
-        tok, load_haystack("pride-and-prejudice"), pick_needles(load_needles(), 4, False), lengths, [0, 0.5, 1]
-    )
     maps = {"headwise": HeadMap.load(args.headmap, model) if args.headmap else shipped_headmap(args.model)}
     # Non-retrieval heads keep at most half of the budget as sink + window; the rest pays for full heads.
     windows = {b: max(1, min(args.window, round(b * min(lengths) / 2) - SINK)) for b in BUDGETS}
-    for window in sorted(set(windows.values())) if not args.no_context else []:
-        context_map = profile_context(model, tok, calibration, sink=SINK, window=window)
-        context_map.save(out / f"headmap-context-w{window}.json")
-        maps[f"headwise-context-w{window}"] = context_map
+    if not args.no_context:
+        calibration = make_tests(
+            tok, load_haystack("pride-and-prejudice"), pick_needles(load_needles(), 4, False), lengths, [0, 0.5, 1]
+        )
+        for window in sorted(set(windows.values())):
+            context_map = profile_context(model, tok, calibration, sink=SINK, window=window)
+            context_map.save(out / f"headmap-context-w{window}.json")
+            maps[f"headwise-context-w{window}"] = context_map
     rows = []
     pressed = run_kvpress(args.model, tok, tests) if args.kvpress else []  # first: fail fast if kvpress cannot run
 

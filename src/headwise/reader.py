@@ -116,11 +116,14 @@ def read_with_weights(
     chunks = split_chunks(units, chunk)
     last = int(np.flatnonzero(weights.any(axis=1)).max())
 
+    def tokens(members: np.ndarray) -> np.ndarray:
+        """The token ids of the units `members`, in the order given."""
+        return np.concatenate([ids[a:b] for a, b in units[members]])
+
     def score(members: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(score, length) of each unit in `members`, prompted together in one pass."""
         lengths = units[members, 1] - units[members, 0]
-        context = np.concatenate([ids[a:b] for a, b in units[members]])
-        return pooled(token_scores(model, context, head, tail, weights, last), lengths, pool), lengths
+        return pooled(token_scores(model, tokens(members), head, tail, weights, last), lengths, pool), lengths
 
     kept = np.zeros(0, dtype=np.int64)
     for members in tqdm(chunks, desc="read", unit="chunk", disable=not progress, leave=False):
@@ -128,8 +131,7 @@ def read_with_weights(
         scores, lengths = score(present)
         kept = np.sort(present[choose(scores, lengths, keep)])
     ranked = kept[np.argsort(score(kept)[0], kind="stable")]  # the strongest evidence last, by the question
-    context = np.concatenate([ids[a:b] for a, b in units[ranked]])
-    prompt = torch.tensor(np.concatenate([head, context, tail]), dtype=torch.long)
+    prompt = torch.tensor(np.concatenate([head, tokens(ranked), tail]), dtype=torch.long)
     response = greedy(model, tokenizer, prompt)
     return Answer(response, evidence(offsets, units[kept]), len(ids), len(chunks), time.perf_counter() - began)
 
