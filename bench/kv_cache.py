@@ -5,11 +5,12 @@ rankings), sink + window on every head, and kvpress presses, at the same budgets
     python bench/kv_cache.py --model smollm2-135m --kvpress      # ~40 min on 2 CPU cores
     python bench/kv_cache.py --model gemma3-270m --headmap bench/results/gemma3-270m/headmap-frankenstein.json \
         --no-context                                             # a model without a shipped map
+    python bench/kv_cache.py --lengths 4000,8000 --needles 2 --budgets 0.3 --no-context --name kv_cache-8k
 
 HeadwiseCache ranks KV heads either by the shipped retrieval map or by a context map (how much each
 head's output changes under sink + window) that this script profiles first, on needles and a book
 that the evaluation does not use. kvpress runs in .venv-kvpress on the very same token ids; its
-answers are scored here by the same rule. Writes bench/results/<model>/kv_cache.json, .md and .png.
+answers are scored here by the same rule. Writes bench/results/<model>/<--name>.json, .md and .png.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from headwise.cache import cache_factory
+from headwise.cache import WINDOW, cache_factory
 from headwise.generate import MAX_NEW_TOKENS
 from headwise.haystack import load_haystack
 from headwise.headmap import HeadMap, shipped_headmap
@@ -31,7 +32,6 @@ from headwise.niah import run_niah
 from headwise.profile import profile_context
 from headwise.tasks import NeedleTest, is_correct, load_needles, make_tests, pick_needles, prompt_parts
 
-BUDGETS = (0.2, 0.3, 0.5, 0.7)
 SINK = 4
 DEPTHS = [0.1, 0.5, 0.9]
 PRESSES = ("kvpress-streaming_llm", "kvpress-snapkv", "kvpress-adakv_snapkv", "kvpress-expected_attention")
@@ -44,14 +44,17 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--lengths", default="1200,2400")
     parser.add_argument("--needles", type=int, default=3)
-    parser.add_argument("--window", type=int, default=256, help="largest window for headwise's non-retrieval heads")
+    parser.add_argument("--window", type=int, default=WINDOW, help="window of headwise's non-retrieval heads")
     parser.add_argument("--kvpress", action="store_true", help="also run kvpress presses (needs .venv-kvpress)")
+    parser.add_argument("--budgets", default="0.2,0.3,0.5,0.7", help="KV budgets, fractions of the full cache")
+    parser.add_argument("--name", default="kv_cache", help="file name of the results under bench/results/<model>/")
     parser.add_argument("--headmap", type=Path, help="retrieval head map (default: the one shipped for --model)")
     parser.add_argument("--no-context", action="store_true", help="skip the context-ranked variant and its profiling")
     args = parser.parse_args()
     out = Path(__file__).parent / "results" / args.model.replace("/", "_")
     out.mkdir(parents=True, exist_ok=True)
     lengths = [int(x) for x in args.lengths.split(",")]
+    budgets = [float(x) for x in args.budgets.split(",")]
     model, tok = load_model(args.model)
     tests = make_tests(
         tok,
@@ -62,18 +65,14 @@ def main() -> None:
         seed=3,
     )
     maps = {"headwise": HeadMap.load(args.headmap, model) if args.headmap else shipped_headmap(args.model)}
-    # Non-retrieval heads keep at most half of the budget as sink + window; the rest pays for full heads.
-    windows = {b: max(1, min(args.window, round(b * min(lengths) / 2) - SINK)) for b in BUDGETS}
     if not args.no_context:
         calibration = make_tests(
             tok, load_haystack("pride-and-prejudice"), pick_needles(load_needles(), 4, False), lengths, [0, 0.5, 1]
         )
-        for window in sorted(set(windows.values())):
-            context_map = profile_context(model, tok, calibration, sink=SINK, window=window)
-            context_map.save(out / f"headmap-context-w{window}.json")
-            maps[f"headwise-context-w{window}"] = context_map
+        maps["headwise-context"] = profile_context(model, tok, calibration, sink=SINK, window=args.window)
+        maps["headwise-context"].save(out / "headmap-context.json")
     rows = []
-    pressed = run_kvpress(args.model, tok, tests) if args.kvpress else []  # first: fail fast if kvpress cannot run
+    pressed = run_kvpress(args.model, tok, tests, budgets) if args.kvpress else []  # first: fail fast without kvpress
 
     def run(method: str, budget: float, headmap: HeadMap | None, window: int) -> None:
         began = time.perf_counter()
@@ -85,7 +84,7 @@ def main() -> None:
     def add(method: str, budget: float, window: int | None, correct: list[bool], kv: float, began: float) -> None:
         rows.append(
             {
-                "method": method.split("-w")[0],
+                "method": method,
                 "budget": budget,
                 "window": window,
                 "accuracy": sum(correct) / len(correct),
@@ -98,10 +97,10 @@ def main() -> None:
         sys.stderr.write(f"{method:28} budget {budget:.0%}: {sum(correct)}/{len(correct)}, KV {kv:.0%}\n")
 
     run("full", 1.0, None, 0)
-    for budget in BUDGETS:
-        run("headwise", budget, maps["headwise"], windows[budget])
+    for budget in budgets:
+        run("headwise", budget, maps["headwise"], args.window)
         if not args.no_context:
-            run("headwise-context", budget, maps[f"headwise-context-w{windows[budget]}"], windows[budget])
+            run("headwise-context", budget, maps["headwise-context"], args.window)
         run("window", budget, None, 0)
     for row in pressed:
         add(row["method"], row["budget"], None, row["correct"], row["kv_ratio"], time.perf_counter() - row["seconds"])
@@ -113,12 +112,12 @@ def main() -> None:
         "needles": args.needles,
         "rows": rows,
     }
-    report(doc, out, len(tests))
+    report(doc, out / args.name, len(tests))
 
 
-def report(doc: dict, out: Path, tests: int) -> None:
-    """Write kv_cache.json, the markdown table and the plot; print the table."""
-    (out / "kv_cache.json").write_text(json.dumps(doc, indent=1))
+def report(doc: dict, stem: Path, tests: int) -> None:
+    """Write <stem>.json, the markdown table and the plot; print the table."""
+    stem.with_suffix(".json").write_text(json.dumps(doc, indent=1))
     lines = [
         f"# {doc['model']}: needle accuracy vs KV memory",
         "",
@@ -135,12 +134,12 @@ def report(doc: dict, out: Path, tests: int) -> None:
         f"{r['kv_ratio']:.0%} | {r['seconds']} |"
         for r in doc["rows"]
     ]
-    (out / "kv_cache.md").write_text("\n".join(lines) + "\n")
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     sys.stdout.write("\n".join(lines) + "\n")
-    plot(doc["rows"], out / "kv_cache.png", doc["model"])
+    plot(doc["rows"], stem.with_suffix(".png"), doc["model"])
 
 
-def run_kvpress(model_name: str, tok, tests: list[NeedleTest]) -> list[dict]:
+def run_kvpress(model_name: str, tok, tests: list[NeedleTest], budgets: list[float]) -> list[dict]:
     """Export the tests as token ids, answer them with kvpress in its own environment, score here."""
     if not KVPRESS_PYTHON.exists():
         raise SystemExit(f"{KVPRESS_PYTHON} is missing; run bench/kvpress/setup.sh first")
@@ -154,7 +153,7 @@ def run_kvpress(model_name: str, tok, tests: list[NeedleTest]) -> list[dict]:
         "model_dir": where,
         "gguf_file": gguf_file,
         "presses": PRESSES,
-        "budgets": BUDGETS,
+        "budgets": budgets,
         "max_new_tokens": MAX_NEW_TOKENS,
         "tests": exported,
     }

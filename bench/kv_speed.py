@@ -43,10 +43,7 @@ def child(args: argparse.Namespace) -> None:
     if cache_kind == "full":
         cache = DynamicCache(config=model.config)
     else:
-        window = max(1, min(256, round(args.budget * args.length / 2) - 4))
-        cache = HeadwiseCache.from_headmap(
-            model, headmap, budget=args.budget, sink=4, window=window, context_length=ids.shape[-1]
-        )
+        cache = HeadwiseCache.from_headmap(model, headmap, budget=args.budget, context_length=ids.shape[-1])
 
     stamps: list[float] = []
 

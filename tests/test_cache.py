@@ -59,6 +59,21 @@ def test_window_heads_really_hold_less(smol, batch):
     assert cache.nbytes() == pytest.approx(cache.full_nbytes() * (200 + 2 * 20) / (3 * 200))
 
 
+def test_prefill_sees_the_whole_prompt_and_decoding_only_what_is_held(smol, batch):
+    model, _ = smol
+    ids, mask = batch
+    full, cache = DynamicCache(config=model.config), cache_of(model, [1], window=16)
+    ref, got = logits(model, ids, mask, full), logits(model, ids, mask, cache)
+    assert (got - ref)[0].abs().max() < 1e-3  # one-shot prefill: window heads attended to the whole prompt
+    step = torch.ones(2, 1, dtype=mask.dtype)
+    with torch.inference_mode():
+        nxt = [
+            model(ids[:, -1:], attention_mask=torch.cat([mask, step], 1), past_key_values=c).logits
+            for c in (full, cache)
+        ]
+    assert (nxt[0] - nxt[1]).abs().max() > 0.1  # decoding: heads 0 and 2 see only sink + window now
+
+
 def test_budget_picks_the_top_kv_heads_and_generate_works(smol):
     model, tok = smol
     hm = shipped_headmap("smollm2-135m")
@@ -75,6 +90,22 @@ def test_budget_picks_the_top_kv_heads_and_generate_works(smol):
     )
     out = model.generate(**enc, past_key_values=cache, max_new_tokens=12, do_sample=False)
     assert "Paris" in tok.decode(out[0, enc["input_ids"].shape[1] :])
+    assert cache.nbytes() < cache.full_nbytes()
+
+
+def test_sliding_window_layers_keep_their_own_cache_and_the_budget_spends_on_global_ones(gemma, book):
+    from headwise.cache import _sliding_layers
+    from headwise.tasks import load_needles, make_test
+
+    model, tok, headmap = gemma
+    sliding = _sliding_layers(model)
+    cache = HeadwiseCache.from_headmap(model, headmap, budget=0.7, window=64, context_length=1200)
+    chosen = [layer for layer, heads in enumerate(cache.full_heads) if heads and layer not in sliding]
+    assert len(chosen) == 2  # of the 3 global layers' KV heads, 2 fit 70% of their bytes at 1,200 tokens
+    needle = load_needles()[-2]
+    test = make_test(tok, book, needle, 1200, 0.5, start=10)
+    out = model.generate(test.ids[None], past_key_values=cache, max_new_tokens=24, do_sample=False)
+    assert is_correct(needle, tok.decode(out[0, len(test.ids) :], skip_special_tokens=True))
     assert cache.nbytes() < cache.full_nbytes()
 
 

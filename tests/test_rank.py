@@ -31,6 +31,14 @@ def test_the_relevant_document_ranks_first_in_two_passes(smol):
         assert len(order) == len(DOCS)
 
 
+def test_a_model_with_sliding_window_layers_ranks_documents_longer_than_its_window(gemma, book):
+    model, tok, headmap = gemma
+    prose = [Doc(f"prose{i}", book.text[4000 + 2500 * i : 4000 + 2500 * i + 1100]) for i in range(5)]
+    docs = [*prose, DOCS[3]]  # ~1,400 tokens: both passes continue one prefill past the 512-token window
+    order = rank(model, tok, "Which organ produces the hormone that controls blood sugar?", docs, headmap=headmap)
+    assert order[0][0] == "insulin", order
+
+
 def test_all_heads_rank_every_document_once_in_two_passes(smol):
     model, tok = smol
     order = rank(model, tok, "Where is Mount Etna?", DOCS)

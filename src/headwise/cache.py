@@ -3,8 +3,12 @@
 Storage is split per layer into a "full" tensor (retrieval KV heads, every token) and a "window"
 tensor (other KV heads, at most `sink + window` tokens), so the bytes held scale with the budget;
 nothing is masked and kept. The headwise attention function (probe.py) recognises the keys this
-cache returns and attends each part with its own pattern; prefill of window heads uses the same
-sink + window pattern, so prefill and decoding agree (as in DuoAttention's streaming heads).
+cache returns and attends each part with its own keys. A window head attends to what it holds plus
+the step's new tokens: the whole prompt in a one-shot prefill (computed anyway, dropped after the
+layer, as RazorAttention compresses after prefill), sink + window + the chunk in chunked prefill.
+Attending with the sink + window pattern inside the prefill too (DuoAttention's streaming heads, this
+module up to commit 9c410f3) was measured worse on dev needles: 5/18 against 12/18 for
+`bench/kv_window.py --budgets 0.3 --windows 176`.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from headwise.headmap import HeadMap
 from headwise.models import model_id, model_shape
 from headwise.probe import control_of
 from headwise.tasks import NeedleTest
+
+WINDOW = 64  # recent tokens of non-retrieval heads, chosen among 16/32/64/176 on dev needles (bench/kv_window.py)
 
 
 class HeadwiseLayer(CacheLayerMixin):
@@ -74,8 +80,8 @@ class HeadwiseLayer(CacheLayerMixin):
         return self.keys, self.values
 
     def attend(self, query: torch.Tensor, attention_mask: torch.Tensor | None, scaling: float) -> torch.Tensor:
-        """Attention for this layer's last update: full KV heads over everything, window KV heads over
-        sink + window. Returns (batch, q_len, heads, head_dim) like the other attention functions."""
+        """Attention for this layer's last update: full KV heads over everything, window KV heads over what
+        they hold plus the new tokens. Returns (batch, q_len, heads, head_dim) like other attention functions."""
         win_k, win_v, win_pos = self.step
         batch, heads, q_len, dim = query.shape
         group = heads // (len(self.full) + len(self.win))
@@ -96,10 +102,7 @@ class HeadwiseLayer(CacheLayerMixin):
         if len(self.win):
             qi = q_heads[self.win].flatten()
             q_pos = torch.arange(self.seen - q_len, self.seen, device=query.device)
-            allowed = (win_pos[None] <= q_pos[:, None]) & (
-                (win_pos[None] < self.sink) | (win_pos[None] > q_pos[:, None] - self.window)
-            )
-            mask = allowed[None, None]
+            mask = (win_pos[None] <= q_pos[:, None])[None, None]  # causal over what is held plus the new tokens
             if attention_mask is not None:  # padding: the model's mask over the sequence, at the kept positions
                 pad = attention_mask[..., win_pos]
                 mask = mask & (pad if pad.dtype == torch.bool else pad == 0)
@@ -155,19 +158,21 @@ class HeadwiseCache(Cache):
         budget: float | int | None = None,
         retrieval_fraction: float | None = None,
         sink: int = 4,
-        window: int = 256,
+        window: int = WINDOW,
         context_length: int | None = None,
         reduce: str = "max",
     ) -> HeadwiseCache:
         """Keep the KV heads the map ranks highest (by their query heads' `reduce` score) in full.
 
         Give either `retrieval_fraction` (share of KV heads kept full) or `budget`: a fraction of
-        the full cache's bytes at `context_length` tokens, or a token count per KV head on average."""
+        the full cache's bytes at `context_length` tokens, or a token count per KV head on average.
+        Both count only the layers with global attention: a model's sliding-window layers keep their own cache."""
         headmap.check_model(model)
         shape = model_shape(model)
         if sink < 0 or window < 1:
             raise HeadwiseError(f"need sink >= 0 and window >= 1, got sink={sink}, window={window}")
-        total = shape.num_layers * shape.num_kv_heads
+        sliding = _sliding_layers(model)  # already windowed by the model: not headwise's to choose
+        total = (shape.num_layers - len(sliding)) * shape.num_kv_heads
         if (budget is None) == (retrieval_fraction is None):
             raise HeadwiseError("give exactly one of budget= or retrieval_fraction=")
         if retrieval_fraction is not None:
@@ -177,11 +182,11 @@ class HeadwiseCache(Cache):
         else:
             n_full = heads_for_budget(budget, total, sink + window, context_length or shape.max_positions)
         kv = headmap.kv_scores(reduce)
+        kv[list(sliding)] = -np.inf
         order = np.argsort(-kv, axis=None, kind="stable")[:n_full]
         full: list[list[int]] = [[] for _ in range(shape.num_layers)]
         for i in order:
             full[int(i // shape.num_kv_heads)].append(int(i % shape.num_kv_heads))
-        sliding = _sliding_layers(model)
         layers: list[CacheLayerMixin] = []
         for layer in range(shape.num_layers):
             if layer in sliding:  # already windowed by the model: keep its own cache layer
@@ -224,7 +229,7 @@ def kv_nbytes(cache: Cache) -> tuple[int, int]:
 
 @contextmanager
 def compressed(
-    model: PreTrainedModel, headmap: HeadMap, budget: float | int = 0.3, sink: int = 4, window: int = 256
+    model: PreTrainedModel, headmap: HeadMap, budget: float | int = 0.3, sink: int = 4, window: int = WINDOW
 ) -> Iterator[PreTrainedModel]:
     """Within the block, every `model.generate()` call without its own cache (so every text-generation
     pipeline on this model) gets a fresh HeadwiseCache sized to its prompt; restored on exit.
@@ -254,7 +259,7 @@ def cache_factory(
     budget: float,
     headmap: HeadMap | None = None,
     sink: int = 4,
-    window: int = 256,
+    window: int = WINDOW,
 ) -> Callable[[NeedleTest], Cache]:
     """Per-test cache builder for a method: "full" (plain cache), "headwise" (full cache for the map's
     top KV heads, sink + `window` for the rest, sized to `budget` of each prompt), or "window"

@@ -16,6 +16,7 @@ from transformers import PreTrainedTokenizerBase
 
 from headwise import ablate as _ablate
 from headwise import profile as _profile
+from headwise.cache import WINDOW
 from headwise.errors import HeadwiseError
 from headwise.haystack import Haystack, load_haystack
 from headwise.headmap import HeadMap
@@ -146,7 +147,7 @@ def profile_cmd(
         ),
     ] = "retrieval",
     sink: Annotated[int, typer.Option(help="--score context: sink tokens of the window view")] = 4,
-    window: Annotated[int, typer.Option(help="--score context: recent tokens of the window view")] = 256,
+    window: Annotated[int, typer.Option(help="--score context: recent tokens of the window view")] = WINDOW,
     out: Annotated[Path | None, typer.Option(help="head map JSON to write; a heatmap PNG is written beside it")] = None,
 ) -> None:
     """Score every attention head on needle tests; write a head map and its heatmap."""
@@ -256,7 +257,7 @@ def niah_cmd(
         Path | None, typer.Option(help="head map for --cache headwise; default: the shipped one")
     ] = None,
     sink: Annotated[int, typer.Option(help="sink tokens kept by windowed heads")] = 4,
-    window: Annotated[int, typer.Option(help="recent tokens kept by non-retrieval heads (--cache headwise)")] = 256,
+    window: Annotated[int, typer.Option(help="recent tokens kept by non-retrieval heads (--cache headwise)")] = WINDOW,
     reader: Annotated[
         str, typer.Option(help="none, or headwise: read contexts beyond the window in chunks, keeping what --heads see")
     ] = "none",

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.cache_utils import DynamicSlidingWindowLayer
 
 from headwise.errors import HeadwiseError
 from headwise.headmap import HeadMap
@@ -147,6 +148,9 @@ def _calibrated(
     prefix = len(ids)
     cache = DynamicCache(config=model.config)
     model(torch.tensor([ids], device=model.device), past_key_values=cache, use_cache=True, logits_to_keep=1)
+    for layer in cache.layers:  # a model's own sliding-window layers (Gemma 3) crop back only when recording
+        if isinstance(layer, DynamicSlidingWindowLayer):
+            layer.activate_past_recording()
     masses = []
     for text in (query, CALIBRATION_QUERY):
         query_ids = _encode(tokenizer, text)
