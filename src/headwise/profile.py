@@ -11,6 +11,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from headwise.cache import WINDOW
 from headwise.errors import HeadwiseError
 from headwise.generate import greedy
 from headwise.headmap import HeadMap
@@ -109,7 +110,7 @@ def profile_context(
     tokenizer: PreTrainedTokenizerBase,
     tests: list[NeedleTest],
     sink: int = 4,
-    window: int = 256,
+    window: int = WINDOW,
     progress: bool = True,
 ) -> HeadMap:
     """Context-score every head over `tests`: the mean relative change of its output on the question and
