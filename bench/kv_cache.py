@@ -71,39 +71,14 @@ def main() -> None:
         )
         maps["headwise-context"] = profile_context(model, tok, calibration, sink=SINK, window=args.window)
         maps["headwise-context"].save(out / "headmap-context.json")
-    rows = []
     pressed = run_kvpress(args.model, tok, tests, budgets) if args.kvpress else []  # first: fail fast without kvpress
-
-    def run(method: str, budget: float, headmap: HeadMap | None, window: int) -> None:
-        began = time.perf_counter()
-        kind = "headwise" if method.startswith("headwise") else method
-        make = cache_factory(model, kind, budget, headmap, SINK, window)
-        result = run_niah(model, tok, tests, make_cache=make)
-        add(method, budget, window, [o.correct for o in result.outcomes], result.kv_ratio, began)
-
-    def add(method: str, budget: float, window: int | None, correct: list[bool], kv: float, began: float) -> None:
-        rows.append(
-            {
-                "method": method,
-                "budget": budget,
-                "window": window,
-                "accuracy": sum(correct) / len(correct),
-                "correct": sum(correct),
-                "tests": len(correct),
-                "kv_ratio": kv,
-                "seconds": round(time.perf_counter() - began, 1),
-            }
-        )
-        sys.stderr.write(f"{method:28} budget {budget:.0%}: {sum(correct)}/{len(correct)}, KV {kv:.0%}\n")
-
-    run("full", 1.0, None, 0)
+    rows = [run_cache(model, tok, tests, "full", 1.0, None, 0)]
     for budget in budgets:
-        run("headwise", budget, maps["headwise"], args.window)
+        rows.append(run_cache(model, tok, tests, "headwise", budget, maps["headwise"], args.window))
         if not args.no_context:
-            run("headwise-context", budget, maps["headwise-context"], args.window)
-        run("window", budget, None, 0)
-    for row in pressed:
-        add(row["method"], row["budget"], None, row["correct"], row["kv_ratio"], time.perf_counter() - row["seconds"])
+            rows.append(run_cache(model, tok, tests, "headwise-context", budget, maps["headwise-context"], args.window))
+        rows.append(run_cache(model, tok, tests, "window", budget, None, 0))
+    rows += [result_row(r["method"], r["budget"], None, r["correct"], r["kv_ratio"], r["seconds"]) for r in pressed]
     doc = {
         "command": "python bench/kv_cache.py " + " ".join(sys.argv[1:]),
         "model": args.model,
@@ -113,6 +88,32 @@ def main() -> None:
         "rows": rows,
     }
     report(doc, out / args.name, len(tests))
+
+
+def run_cache(
+    model, tok, tests: list[NeedleTest], method: str, budget: float, headmap: HeadMap | None, window: int
+) -> dict:
+    """Answer `tests` with one cache method (full, headwise or headwise-<variant>, window) at `budget`: a row."""
+    began = time.perf_counter()
+    kind = "headwise" if method.startswith("headwise") else method
+    result = run_niah(model, tok, tests, make_cache=cache_factory(model, kind, budget, headmap, SINK, window))
+    correct = [o.correct for o in result.outcomes]
+    return result_row(method, budget, window, correct, result.kv_ratio, time.perf_counter() - began)
+
+
+def result_row(method: str, budget: float, window: int | None, correct: list[bool], kv: float, seconds: float) -> dict:
+    """One row of the accuracy-vs-KV table, also written to stderr as it lands."""
+    sys.stderr.write(f"{method:28} budget {budget:.0%}: {sum(correct)}/{len(correct)}, KV {kv:.0%}\n")
+    return {
+        "method": method,
+        "budget": budget,
+        "window": window,
+        "accuracy": sum(correct) / len(correct),
+        "correct": sum(correct),
+        "tests": len(correct),
+        "kv_ratio": kv,
+        "seconds": round(seconds, 1),
+    }
 
 
 def report(doc: dict, stem: Path, tests: int) -> None:

@@ -13,17 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
-from headwise.cache import cache_factory
+from kv_cache import run_cache  # bench/ is on the path when a script here runs
+
 from headwise.haystack import load_haystack
 from headwise.headmap import HeadMap, shipped_headmap
 from headwise.models import load_model
-from headwise.niah import run_niah
 from headwise.tasks import load_needles, make_tests
-
-SINK = 4
 
 
 def main() -> None:
@@ -41,27 +38,10 @@ def main() -> None:
     headmap = HeadMap.load(args.headmap, model) if args.headmap else shipped_headmap(args.model)
     lengths = [int(x) for x in args.lengths.split(",")]
     tests = make_tests(tok, load_haystack("pride-and-prejudice"), load_needles()[4:7], lengths, [0.1, 0.5, 0.9], 5)
-    rows = []
     runs = [("full", 1.0, 0)] + [
         ("headwise", float(b), int(w)) for b in args.budgets.split(",") for w in args.windows.split(",")
     ]
-    for method, budget, window in runs:
-        began = time.perf_counter()
-        make = cache_factory(model, method, budget, headmap, SINK, max(window, 1))
-        result = run_niah(model, tok, tests, make_cache=make)
-        correct = sum(o.correct for o in result.outcomes)
-        rows.append(
-            {
-                "method": method,
-                "budget": budget,
-                "window": window or None,
-                "correct": correct,
-                "tests": len(tests),
-                "kv_ratio": result.kv_ratio,
-                "seconds": round(time.perf_counter() - began, 1),
-            }
-        )
-        sys.stderr.write(f"{method} budget {budget:.0%} window {window}: {correct}/{len(tests)}\n")
+    rows = [run_cache(model, tok, tests, method, budget, headmap, window) for method, budget, window in runs]
     command = "python bench/kv_window.py " + " ".join(sys.argv[1:])
     (out / "kv_window.json").write_text(json.dumps({"command": command, "lengths": lengths, "rows": rows}, indent=1))
     lines = [
