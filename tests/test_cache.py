@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from headwise.cache import HeadwiseCache, HeadwiseLayer, compressed, heads_for_budget
+from headwise.cache import HeadwiseCache, HeadwiseLayer, compressed, split_budget
 from headwise.errors import HeadwiseError
 from headwise.headmap import HeadMap, shipped_headmap
 from headwise.tasks import is_correct
@@ -79,7 +79,7 @@ def test_budget_picks_the_top_kv_heads_and_generate_works(smol):
     hm = shipped_headmap("smollm2-135m")
     cache = HeadwiseCache.from_headmap(model, hm, budget=0.3, context_length=2000, window=8)
     full = [(l, h) for l, heads in enumerate(cache.full_heads) for h in heads]
-    assert len(full) == heads_for_budget(0.3, 90, 12, 2000)
+    assert (len(full), cache.window) == split_budget(0.3, 90, 4, 8, 2000)
     best = tuple(int(i) for i in divmod(int(hm.kv_scores().argmax()), 3))
     assert best in full
     enc = tok.apply_chat_template(
@@ -107,6 +107,15 @@ def test_sliding_window_layers_keep_their_own_cache_and_the_budget_spends_on_glo
     out = model.generate(test.ids[None], past_key_values=cache, max_new_tokens=24, do_sample=False)
     assert is_correct(needle, tok.decode(out[0, len(test.ids) :], skip_special_tokens=True))
     assert cache.nbytes() < cache.full_nbytes()
+    # At 30% no global KV head fits in full: the budget must widen the window, not go unused.
+    small = HeadwiseCache.from_headmap(model, headmap, budget=0.3, window=64, context_length=len(test.ids))
+    with torch.inference_mode():
+        model(test.ids[None], past_key_values=small)
+    globals_ = [layer for layer in small.layers if isinstance(layer, HeadwiseLayer)]
+    assert len(globals_) == 3 and all(layer.full.numel() == 0 for layer in globals_)
+    held = sum(layer.nbytes() for layer in globals_)
+    whole = sum(layer.nbytes() * layer.seen // layer.win_keys.shape[2] for layer in globals_)
+    assert 0.28 < held / whole <= 0.3
 
 
 def test_bad_budgets_are_refused(smol):

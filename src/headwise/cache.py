@@ -166,6 +166,7 @@ class HeadwiseCache(Cache):
 
         Give either `retrieval_fraction` (share of KV heads kept full) or `budget`: a fraction of
         the full cache's bytes at `context_length` tokens, or a token count per KV head on average.
+        With a budget, `window` is the least the other heads keep: what the full heads leave widens it.
         Both count only the layers with global attention: a model's sliding-window layers keep their own cache."""
         headmap.check_model(model)
         shape = model_shape(model)
@@ -180,7 +181,7 @@ class HeadwiseCache(Cache):
                 raise HeadwiseError(f"retrieval_fraction must be in [0, 1], got {retrieval_fraction}")
             n_full = round(retrieval_fraction * total)
         else:
-            n_full = heads_for_budget(budget, total, sink + window, context_length or shape.max_positions)
+            n_full, window = split_budget(budget, total, sink, window, context_length or shape.max_positions)
         kv = headmap.kv_scores(reduce)
         kv[list(sliding)] = -np.inf
         order = np.argsort(-kv, axis=None, kind="stable")[:n_full]
@@ -281,8 +282,11 @@ def cache_factory(
     raise HeadwiseError(f"unknown cache {method!r}; choose full, headwise or window")
 
 
-def heads_for_budget(budget: float | int, total: int, kept: int, length: int) -> int:
-    """How many of `total` KV heads can stay full so the cache at `length` tokens fits the budget."""
+def split_budget(budget: float | int, total: int, sink: int, window: int, length: int) -> tuple[int, int]:
+    """(KV heads kept full, window of the others) so that `total` KV heads at `length` tokens fit the budget.
+
+    As many heads stay full as fit beside sink + `window` for the rest; the budget they leave over
+    then widens the others' window, so no budget goes unused (on Gemma 3 no global head fits below 50%)."""
     if isinstance(budget, float) or (isinstance(budget, int) and budget <= 1):
         if not 0.0 < budget <= 1.0:
             raise HeadwiseError(f"a fractional budget must be in (0, 1], got {budget}")
@@ -291,6 +295,7 @@ def heads_for_budget(budget: float | int, total: int, kept: int, length: int) ->
         if budget < 1:
             raise HeadwiseError(f"a token budget must be positive, got {budget}")
         per_head = float(budget)
+    kept = sink + window
     if kept >= length:
         raise HeadwiseError(
             f"sink + window ({kept} tokens) is not smaller than the context ({length} tokens); "
@@ -302,7 +307,11 @@ def heads_for_budget(budget: float | int, total: int, kept: int, length: int) ->
             f"of {length}); use a smaller window or a larger budget"
         )
     share = (per_head - kept) / (length - kept)  # full heads hold `length`, others `kept`
-    return max(0, min(total, math.floor(share * total + 1e-9)))
+    n_full = max(0, min(total, math.floor(share * total + 1e-9)))
+    if n_full < total:
+        spare = per_head * total - n_full * length - (total - n_full) * kept
+        window = min(length - sink, window + math.floor(spare / (total - n_full) + 1e-9))
+    return n_full, window
 
 
 def _sliding_layers(model: PreTrainedModel) -> dict[int, int]:
