@@ -125,9 +125,10 @@ def report(doc: dict, stem: Path, tests: int) -> None:
         f"Command: `{doc['command']}`; {tests} tests (held-out needles, frankenstein), lengths {doc['lengths']}, "
         f"depths {doc['depths']}. `headwise` ranks KV heads by the shipped retrieval map, `headwise-context` by "
         "a context map profiled on other needles and another book. KV held is measured from the caches "
-        "(for kvpress: tokens kept after compression; AdaKV masks instead of dropping, so it holds everything).",
+        "(for kvpress: tokens kept after compression; AdaKV masks instead of dropping, so it holds everything). "
+        "`least window` is what headwise's other heads keep at least; the budget its full heads leave widens it.",
         "",
-        "| method | budget | window | accuracy | KV held | seconds |",
+        "| method | budget | least window | accuracy | KV held | seconds |",
         "|---|---|---|---|---|---|",
     ]
     lines += [
