@@ -128,17 +128,24 @@ def report(doc: dict, stem: Path, tests: int) -> None:
         "(for kvpress: tokens kept after compression; AdaKV masks instead of dropping, so it holds everything). "
         "`least window` is what headwise's other heads keep at least; the budget its full heads leave widens it.",
         "",
-        "| method | budget | least window | accuracy | KV held | seconds |",
-        "|---|---|---|---|---|---|",
-    ]
-    lines += [
-        f"| {r['method']} | {r['budget']:.0%} | {r['window'] or ''} | {r['correct']}/{r['tests']} | "
-        f"{r['kv_ratio']:.0%} | {r['seconds']} |"
-        for r in doc["rows"]
+        *table(doc["rows"]),
     ]
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     sys.stdout.write("\n".join(lines) + "\n")
     plot(doc["rows"], stem.with_suffix(".png"), doc["model"])
+
+
+def table(rows: list[dict]) -> list[str]:
+    """The markdown table of result rows: accuracy and KV held per method, budget and least window."""
+    return [
+        "| method | budget | least window | accuracy | KV held | seconds |",
+        "|---|---|---|---|---|---|",
+        *[
+            f"| {r['method']} | {r['budget']:.0%} | {r['window'] or ''} | {r['correct']}/{r['tests']} | "
+            f"{r['kv_ratio']:.0%} | {r['seconds']} |"
+            for r in rows
+        ],
+    ]
 
 
 def run_kvpress(model_name: str, tok, tests: list[NeedleTest], budgets: list[float]) -> list[dict]:

@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from kv_cache import run_cache  # bench/ is on the path when a script here runs
+from kv_cache import run_cache, table  # bench/ is on the path when a script here runs
 
 from headwise.haystack import load_haystack
 from headwise.headmap import HeadMap, shipped_headmap
@@ -50,13 +50,7 @@ def main() -> None:
         f"Command: `{command}`; {len(tests)} tests (needles 5-7, pride-and-prejudice), lengths {lengths}, "
         "depths [0.1, 0.5, 0.9].",
         "",
-        "| method | budget | window | accuracy | KV held |",
-        "|---|---|---|---|---|",
-    ]
-    lines += [
-        f"| {r['method']} | {r['budget']:.0%} | {r['window'] or ''} | "
-        f"{r['correct']}/{r['tests']} | {r['kv_ratio']:.0%} |"
-        for r in rows
+        *table(rows),
     ]
     (out / "kv_window.md").write_text("\n".join(lines) + "\n")
     sys.stdout.write("\n".join(lines) + "\n")
