@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -31,7 +32,7 @@ from headwise.headmap import shipped_headmap
 from headwise.models import load_model, model_shape, resolve
 from headwise.niah import NiahResult, Outcome, run_niah
 from headwise.rank import head_weights
-from headwise.reader import DEFAULT_POOL, POOLS, needle_reader
+from headwise.reader import DEFAULT_FOCUS, DEFAULT_POOL, POOLS, needle_reader
 from headwise.tasks import (
     NeedleTest,
     context_text,
@@ -137,6 +138,10 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=1024)
     parser.add_argument("--keep", type=int, default=256)
     parser.add_argument("--pool", choices=POOLS, default=DEFAULT_POOL, help="how a sentence's token scores combine")
+    parser.add_argument(
+        "--focus", type=float, default=DEFAULT_FOCUS, help="answer from passages this close to the best"
+    )
+    parser.add_argument("--only", help="run only the part's methods whose name holds this; the others' rows stay")
     args = parser.parse_args()
 
     model, tok = load_model(args.model, args.dtype)
@@ -146,7 +151,13 @@ def main() -> None:
     default_lengths = {"main": "32000,128000", "million": "1000000"}.get(args.part, "32000")
     lengths = [int(n) for n in (args.lengths or default_lengths).split(",")]
     needles = pick_needles(load_needles(), args.needles, held_out=True)
-    options = {"chunk": args.chunk, "keep": args.keep, "unit": "sentence", "pool": args.pool}
+    options = {
+        "chunk": args.chunk,
+        "keep": args.keep,
+        "unit": "sentence",
+        "pool": args.pool,
+        "focus": args.focus,
+    }
     retrieval = head_weights(model, headmap, "5%")
     last = np.zeros_like(retrieval)
     last[-1] = 1.0
@@ -167,6 +178,9 @@ def main() -> None:
     else:
         methods = {"headwise reader": (retrieval, options)}
 
+    order = list(methods)  # the table's row order, whatever --only runs
+    if args.only:
+        methods = {name: spec for name, spec in methods.items() if args.only in name}
     rows = []
     for length in lengths:
         if args.part == "multi":
@@ -181,6 +195,7 @@ def main() -> None:
                 respond = spec[0] if len(spec) == 1 else needle_reader(model, tok, spec[0], **spec[1])
                 result = run_niah(model, tok, tests, respond=respond)
             row = summary(result, name, length)
+            row["options"] = spec[1] if len(spec) == 2 else None
             rows.append(row)
             sys.stderr.write(
                 f"{length:>8} {name:32} {row['correct']}/{row['tests']} kept {row['kept_needle']} "
@@ -190,14 +205,14 @@ def main() -> None:
     out = Path(__file__).parent / "results" / args.model.replace("/", "_") / "reader"
     out.mkdir(parents=True, exist_ok=True)
     saved = out / f"{args.part}.json"
-    command = "python bench/read_long.py " + " ".join(sys.argv[1:])
+    command = "python bench/read_long.py " + shlex.join(sys.argv[1:])
     for row in rows:
         row["command"] = command
     if saved.is_file():  # runs of a part at other lengths keep their rows
         fresh = {(r["method"], r["length"]) for r in rows}
         old = json.loads(saved.read_text())
         rows = [r for r in old["rows"] if (r["method"], r["length"]) not in fresh] + rows
-        rows.sort(key=lambda r: (r["length"], list(methods).index(r["method"]) if r["method"] in methods else 0))
+        rows.sort(key=lambda r: (r["length"], order.index(r["method"]) if r["method"] in order else len(order)))
     commands = list(dict.fromkeys(r["command"] for r in rows))  # the runs behind the rows still here
     doc = {
         "commands": commands,
@@ -226,7 +241,8 @@ def report(folder: Path) -> str:
             "",
             f"{doc['model']}, {doc['dtype']}, {doc['haystack']}, depths {doc['depths']}, "
             f"chunk {doc['options']['chunk']}, keep {doc['options']['keep']}, "
-            f"{doc['options'].get('pool', 'sum')} pooling, {doc['torch_threads']} threads.",
+            f"{doc['options'].get('pool', 'sum')} pooling, "
+            f"focus {doc['options'].get('focus', 'none (the earlier answer step)')}, {doc['torch_threads']} threads.",
             "",
             "| length | method | correct | needle kept | s / test | input tokens / s |",
             "|---|---|---|---|---|---|",

@@ -20,7 +20,7 @@ from headwise.cache import WINDOW
 from headwise.errors import HeadwiseError
 from headwise.haystack import Haystack, load_haystack
 from headwise.headmap import HeadMap
-from headwise.reader import DEFAULT_CHUNK, DEFAULT_KEEP, DEFAULT_POOL
+from headwise.reader import DEFAULT_CHUNK, DEFAULT_FOCUS, DEFAULT_KEEP, DEFAULT_POOL
 from headwise.tasks import Needle, NeedleTest, check_grid, load_needles, make_tests, pick_needles
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Find retrieval heads and put them to work.")
@@ -45,6 +45,9 @@ Chunk = Annotated[int, typer.Option(help="new tokens read per step (--reader)")]
 Keep = Annotated[int, typer.Option(help="tokens carried between steps and answered from (--reader)")]
 Unit = Annotated[str, typer.Option(help="what is kept: sentence, block (16 tokens) or token (--reader)")]
 Pool = Annotated[str, typer.Option(help="a unit's score from its tokens' attention: mean, sum or max (--reader)")]
+Focus = Annotated[
+    float, typer.Option(help="answer only from kept passages scoring at least this share of the best (--reader)")
+]
 
 
 def _user_errors(fn: Callable) -> Callable:
@@ -266,6 +269,7 @@ def niah_cmd(
     keep: Keep = DEFAULT_KEEP,
     unit: Unit = "sentence",
     pool: Pool = DEFAULT_POOL,
+    focus: Focus = DEFAULT_FOCUS,
     out: Annotated[Path | None, typer.Option(help="directory for results.json and heatmap.png")] = None,
 ) -> None:
     """Run a needle-in-a-haystack grid (lengths x depths); write results JSON and the accuracy heatmap."""
@@ -285,7 +289,7 @@ def niah_cmd(
     m, tok = load_model(model, dtype)
     tests = grid.tests(tok)
     if reader == "headwise":
-        options = {"chunk": chunk, "keep": keep, "unit": unit, "pool": pool}
+        options = {"chunk": chunk, "keep": keep, "unit": unit, "pool": pool, "focus": focus}
         respond = needle_reader(m, tok, head_weights(m, _headmap(heads, model, m)), **options)
         result = run_niah(m, tok, tests, respond=respond, reader={"name": reader, "heads": heads, **options})
         method = f"reader-{unit}"
@@ -369,6 +373,7 @@ def read_cmd(
     keep: Keep = DEFAULT_KEEP,
     unit: Unit = "sentence",
     pool: Pool = DEFAULT_POOL,
+    focus: Focus = DEFAULT_FOCUS,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON: answer, evidence spans and costs")] = False,
 ) -> None:
     """Answer a question over a text longer than the model's window, keeping what the retrieval heads attend to."""
@@ -379,7 +384,7 @@ def read_cmd(
     if not question.strip():
         raise HeadwiseError("--question is empty; ask something the text answers")
     m, tok = load_model(model, dtype)
-    answer = read(m, tok, text, question, _headmap(heads, model, m), top, chunk, keep, unit, pool)
+    answer = read(m, tok, text, question, _headmap(heads, model, m), top, chunk, keep, unit, pool, focus)
     if as_json:
         typer.echo(json.dumps({**asdict(answer), "quotes": answer.quotes(text)}, indent=1))
         return

@@ -4,10 +4,11 @@ As in InfiniRetri (Ye et al. 2025), the text is read in chunks that fit the mode
 chunk is prompted after the units (sentences, blocks or tokens) kept so far and before the question.
 The attention that the question's tokens pay each unit's tokens in the head map's retrieval heads
 (summed over the unit by default; `pool="mean"` for several facts) scores it. The best units
-within a fixed token budget are kept, in their original order, for the next chunk. The answer is
-generated from the kept units alone, rescored once more and put in rising order of score so that
-the strongest evidence stands next to the question: a small model answers from what is nearest the
-question more often than from the same sentences in book order.
+within a fixed token budget are kept, in their original order, for the next chunk. At the end the
+kept units are rescored together; neighbours in the input are merged into passages, passages
+scoring under `focus` x the best one's are left out (a small model is easily misled by weak
+distractors; `focus=0` keeps every fact of a question that needs several), and the rest are put on
+separate lines in rising order of score, so the strongest evidence stands next to the question.
 Every step is one forward pass of at most `head + keep + chunk + question` tokens, stopped after the
 last layer that holds a chosen head, so time grows linearly with the input and the model's working
 memory is bounded by that one pass.
@@ -43,6 +44,9 @@ DEFAULT_CHUNK = 1024
 DEFAULT_KEEP = 256
 POOLS = ("sum", "max", "mean")
 DEFAULT_POOL = "sum"  # "mean" keeps several facts more often, but also short fragments that can mislead an answer
+SEPARATOR = "\n"
+DEFAULT_FOCUS = 0.5  # tuned on development needles only (bench/reader_answer.py)
+ORDERS = ("score", "input")
 
 
 @dataclass
@@ -71,12 +75,14 @@ def read(
     keep: int = DEFAULT_KEEP,
     unit: str = "sentence",
     pool: str = DEFAULT_POOL,
+    focus: float = DEFAULT_FOCUS,
     progress: bool = True,
 ) -> Answer:
     """Answer `question` over `text` of any length, reading `chunk` new tokens per step and carrying the
-    `keep` tokens that the map's `top` heads (every head without a map) attend to most."""
+    `keep` tokens that the map's `top` heads (every head without a map) attend to most. The answer comes
+    from the kept passages scoring at least `focus` x the best one's."""
     weights = head_weights(model, headmap, top)
-    return read_with_weights(model, tokenizer, text, question, weights, chunk, keep, unit, pool, progress)
+    return read_with_weights(model, tokenizer, text, question, weights, chunk, keep, unit, pool, focus, progress)
 
 
 def read_with_weights(
@@ -89,11 +95,50 @@ def read_with_weights(
     keep: int = DEFAULT_KEEP,
     unit: str = "sentence",
     pool: str = DEFAULT_POOL,
+    focus: float = DEFAULT_FOCUS,
     progress: bool = True,
 ) -> Answer:
     """`read` with the heads given as (layers, heads) weights: any choice of heads, e.g. the last layer.
     A unit scores the `pool` (sum, max or mean) of its tokens' attention."""
     began = time.perf_counter()
+    if not 0.0 <= focus <= 1.0:
+        raise HeadwiseError(f"focus must be between 0 (answer from every kept passage) and 1, got {focus}")
+    selection = select(model, tokenizer, text, question, weights, chunk, keep, unit, pool, progress)
+    prompt, used = answer_prompt(selection, tokenizer, focus=focus)
+    response = greedy(model, tokenizer, prompt)
+    spans = evidence(selection.chars[used])
+    return Answer(response, spans, selection.input_tokens, selection.chunks, time.perf_counter() - began)
+
+
+@dataclass
+class Selection:
+    """What the reader kept of a text: the kept units' token ids in the input's order, where each begins in
+    the input, their final scores, and the prompt around them."""
+
+    head: list[int]
+    tail: list[int]
+    units: list[np.ndarray]
+    starts: np.ndarray
+    scores: np.ndarray
+    chars: np.ndarray  # (units, 2): each kept unit's [start, end) character span in the input
+    input_tokens: int
+    chunks: int
+
+
+def select(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    text: str,
+    question: str,
+    weights: np.ndarray,
+    chunk: int = DEFAULT_CHUNK,
+    keep: int = DEFAULT_KEEP,
+    unit: str = "sentence",
+    pool: str = DEFAULT_POOL,
+    progress: bool = True,
+) -> Selection:
+    """Read `text` chunk by chunk and keep the `keep` tokens' worth of units that `weights`' heads rank
+    best for `question`; the kept units are scored once more, together, for the answer prompt."""
     if not text.strip():
         raise HeadwiseError("the text to read is empty")
     if not question.strip():
@@ -130,10 +175,47 @@ def read_with_weights(
         present = np.concatenate([kept, members])
         scores, lengths = score(present)
         kept = np.sort(present[choose(scores, lengths, keep)])
-    ranked = kept[np.argsort(score(kept)[0], kind="stable")]  # the strongest evidence last, by the question
-    prompt = torch.tensor(np.concatenate([head, tokens(ranked), tail]), dtype=torch.long)
-    response = greedy(model, tokenizer, prompt)
-    return Answer(response, evidence(offsets, units[kept]), len(ids), len(chunks), time.perf_counter() - began)
+    final = score(kept)[0]
+    parts = [ids[x:y] for x, y in units[kept]]
+    chars = np.stack([offsets[units[kept, 0], 0], offsets[units[kept, 1] - 1, 1]], axis=1)
+    return Selection(head, tail, parts, units[kept, 0], final, chars, len(ids), len(chunks))
+
+
+def answer_prompt(
+    selection: Selection,
+    tokenizer: PreTrainedTokenizerBase,
+    separator: str = SEPARATOR,
+    order: str = "score",
+    merge: bool = True,
+    focus: float = DEFAULT_FOCUS,
+) -> tuple[torch.Tensor, np.ndarray]:
+    """The prompt to answer from and which kept units it holds (in the input's order). Kept units adjacent in the
+    input are merged into passages (`merge`), which stand apart with `separator` between them, in rising
+    order of their best unit's score (`order="score"`: the strongest evidence next to the question, where
+    a small model reads best) or in the input's order (`order="input"`). Passages whose best unit scores
+    below `focus` x the best unit's score are left out: a small model is misled by weak distractors."""
+    if order not in ORDERS:
+        raise HeadwiseError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
+    groups: list[list[int]] = []
+    for i, start in enumerate(selection.starts.tolist()):
+        previous = groups[-1][-1] if groups else -1
+        joined = merge and previous >= 0 and selection.starts[previous] + len(selection.units[previous]) == start
+        if joined:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    best = float(selection.scores.max()) if len(selection.scores) else 0.0
+    groups = [g for g in groups if float(selection.scores[g].max()) >= focus * best]
+    if order == "score":
+        groups.sort(key=lambda g: float(selection.scores[g].max()))
+    gap = np.asarray(tokenizer(separator, add_special_tokens=False)["input_ids"] if separator else [], dtype=np.int64)
+    pieces: list[np.ndarray] = []
+    for n, group in enumerate(groups):
+        pieces += ([gap] if n else []) + [selection.units[i] for i in group]
+    body = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
+    prompt = torch.tensor(np.concatenate([selection.head, body, selection.tail]), dtype=torch.long)
+    used = np.sort(np.asarray([i for g in groups for i in g], dtype=np.int64))
+    return prompt, used
 
 
 def load_text(path: str | Path) -> str:
@@ -218,11 +300,10 @@ def choose(scores: np.ndarray, lengths: np.ndarray, budget: int) -> np.ndarray:
     return np.asarray(picked, dtype=np.int64)
 
 
-def evidence(offsets: np.ndarray, units: np.ndarray) -> list[tuple[int, int]]:
-    """Character spans of the kept units, adjacent units merged."""
+def evidence(chars: np.ndarray) -> list[tuple[int, int]]:
+    """Character spans of units (in the input's order), neighbours merged."""
     spans: list[tuple[int, int]] = []
-    for a, b in units:
-        start, end = int(offsets[a, 0]), int(offsets[b - 1, 1])
+    for start, end in chars.tolist():
         if spans and start <= spans[-1][1] + 1:
             spans[-1] = (spans[-1][0], max(end, spans[-1][1]))
         else:
