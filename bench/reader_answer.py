@@ -140,7 +140,7 @@ def plot(docs: list[dict], path: Path) -> None:
     ax.invert_yaxis()
     ax.set_xlabel("share answered correctly")
     ax.set_xlim(0, 1)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(docs), frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
