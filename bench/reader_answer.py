@@ -37,7 +37,7 @@ DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 def collect(model, tok, model_name: str, length: int, path: Path) -> list[dict]:
-    """Read every development test once with the default reader; save and return its answer prompts."""
+    """Read every development test once with the default reader; save and return the units it kept and their scores."""
     weights = head_weights(model, shipped_headmap(model_name), "5%")
     rng = random.Random(0)
     tests = []
@@ -92,9 +92,15 @@ def variants(tok, model, tests: list[dict]) -> list[dict]:
             right += is_correct(Needle(t["needle"], t["question"], t["answer"]), responses[-1])
             held += t["needle"] in tok.decode(prompt)
         rows.append(
-            {"variant": name, "options": options, "correct": right, "needle_in_prompt": held, "tests": len(tests)}
+            {
+                "variant": name,
+                "options": options,
+                "correct": right,
+                "needle_in_prompt": held,
+                "tests": len(tests),
+                "responses": responses,
+            }
         )
-        rows[-1]["responses"] = responses
         sys.stderr.write(f"{name}: {right}/{len(tests)}\n")
     return rows
 

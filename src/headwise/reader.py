@@ -196,18 +196,19 @@ def answer_prompt(
     below `focus` x the best unit's score are left out: a small model is misled by weak distractors."""
     if order not in ORDERS:
         raise HeadwiseError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
+    ends = [int(a) + len(u) for a, u in zip(selection.starts, selection.units, strict=True)]
     groups: list[list[int]] = []
     for i, start in enumerate(selection.starts.tolist()):
-        previous = groups[-1][-1] if groups else -1
-        joined = merge and previous >= 0 and selection.starts[previous] + len(selection.units[previous]) == start
-        if joined:
+        if merge and groups and ends[groups[-1][-1]] == start:
             groups[-1].append(i)
         else:
             groups.append([i])
-    best = float(selection.scores.max()) if len(selection.scores) else 0.0
-    groups = [g for g in groups if float(selection.scores[g].max()) >= focus * best]
+    strength = [float(selection.scores[g].max()) for g in groups]
+    best = max(strength, default=0.0)
+    ranked = [(s, g) for s, g in zip(strength, groups, strict=True) if s >= focus * best]
     if order == "score":
-        groups.sort(key=lambda g: float(selection.scores[g].max()))
+        ranked.sort(key=lambda pair: pair[0])
+    groups = [g for _, g in ranked]
     gap = np.asarray(tokenizer(separator, add_special_tokens=False)["input_ids"] if separator else [], dtype=np.int64)
     pieces: list[np.ndarray] = []
     for n, group in enumerate(groups):
