@@ -1,4 +1,4 @@
-"""Benchmark for issue #3: needle accuracy vs KV memory for the full cache, HeadwiseCache (two head
+"""Benchmark for issue #3: needle accuracy vs KV memory for the full cache, HeadwiseCache (several head
 rankings), sink + window on every head, and kvpress presses, at the same budgets on the same tests.
 
     bench/kvpress/setup.sh                                       # once: kvpress in its own .venv-kvpress
@@ -6,11 +6,14 @@ rankings), sink + window on every head, and kvpress presses, at the same budgets
     python bench/kv_cache.py --model gemma3-270m --headmap bench/results/gemma3-270m/headmap-frankenstein.json \
         --no-context                                             # a model without a shipped map
     python bench/kv_cache.py --lengths 4000,8000 --needles 2 --budgets 0.3 --no-context --name kv_cache-8k
+    python bench/kv_cache.py --map gates=bench/results/smollm2-135m/headmap-gates.json --only gates  # add a ranking
 
-HeadwiseCache ranks KV heads either by the shipped retrieval map or by a context map (how much each
-head's output changes under sink + window) that this script profiles first, on needles and a book
-that the evaluation does not use. kvpress runs in .venv-kvpress on the very same token ids; its
-answers are scored here by the same rule. Writes bench/results/<model>/<--name>.json, .md and .png.
+HeadwiseCache ranks KV heads by the shipped retrieval map, by a context map (how much each head's
+output changes under sink + window) that this script profiles first on needles and a book that the
+evaluation does not use, and by any head map given as `--map NAME=PATH` (method `headwise-NAME`).
+`--only` reruns the methods whose name holds it and keeps the other rows of an earlier run. kvpress
+runs in .venv-kvpress on the very same token ids; its answers are scored here by the same rule.
+Writes bench/results/<model>/<--name>.json, .md and .png.
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ def main() -> None:
     parser.add_argument("--name", default="kv_cache", help="file name of the results under bench/results/<model>/")
     parser.add_argument("--headmap", type=Path, help="retrieval head map (default: the one shipped for --model)")
     parser.add_argument("--no-context", action="store_true", help="skip the context-ranked variant and its profiling")
+    parser.add_argument("--map", action="append", default=[], help="NAME=PATH: also rank KV heads by this head map")
+    parser.add_argument("--only", help="run only the methods whose name holds this; keep the saved rows of the others")
     args = parser.parse_args()
     out = Path(__file__).parent / "results" / args.model.replace("/", "_")
     out.mkdir(parents=True, exist_ok=True)
@@ -65,22 +70,45 @@ def main() -> None:
         seed=3,
     )
     maps = {"headwise": HeadMap.load(args.headmap, model) if args.headmap else shipped_headmap(args.model)}
-    if not args.no_context:
+    for spec in args.map:
+        name, _, path = spec.partition("=")
+        maps[f"headwise-{name}"] = HeadMap.load(path, model)
+    only = (lambda method: args.only in method) if args.only else (lambda method: True)
+    if not args.no_context and only("headwise-context"):
         calibration = make_tests(
             tok, load_haystack("pride-and-prejudice"), pick_needles(load_needles(), 4, False), lengths, [0, 0.5, 1]
         )
         maps["headwise-context"] = profile_context(model, tok, calibration, sink=SINK, window=args.window)
         maps["headwise-context"].save(out / "headmap-context.json")
-    pressed = run_kvpress(args.model, tok, tests, budgets) if args.kvpress else []  # first: fail fast without kvpress
-    rows = [run_cache(model, tok, tests, "full", 1.0, None, 0)]
+    presses = args.kvpress and any(only(p) for p in PRESSES)
+    pressed = run_kvpress(args.model, tok, tests, budgets) if presses else []  # first: fail fast without kvpress
+    rows = [run_cache(model, tok, tests, "full", 1.0, None, 0)] if only("full") else []
     for budget in budgets:
-        rows.append(run_cache(model, tok, tests, "headwise", budget, maps["headwise"], args.window))
-        if not args.no_context:
-            rows.append(run_cache(model, tok, tests, "headwise-context", budget, maps["headwise-context"], args.window))
-        rows.append(run_cache(model, tok, tests, "window", budget, None, 0))
-    rows += [result_row(r["method"], r["budget"], None, r["correct"], r["kv_ratio"], r["seconds"]) for r in pressed]
+        for method, headmap in maps.items():
+            if only(method):
+                rows.append(run_cache(model, tok, tests, method, budget, headmap, args.window))
+        if only("window"):
+            rows.append(run_cache(model, tok, tests, "window", budget, None, 0))
+    rows += [
+        result_row(r["method"], r["budget"], None, r["correct"], r["kv_ratio"], r["seconds"])
+        for r in pressed
+        if only(r["method"])
+    ]
+    command = "python bench/kv_cache.py " + " ".join(sys.argv[1:])
+    for row in rows:
+        row["command"] = command
+    saved = out / f"{args.name}.json"
+    if args.only and saved.is_file():  # the rows this run did not redo stay, in their place
+        fresh = {(r["method"], r["budget"]) for r in rows}
+        old = json.loads(saved.read_text())
+        kept = [r for r in old["rows"] if (r["method"], r["budget"]) not in fresh]
+        for row in kept:
+            row.setdefault("command", old["command"])
+        rows = sorted(
+            kept + rows, key=lambda r: (r["method"] != "full", r["method"].startswith("kvpress"), r["budget"])
+        )
     doc = {
-        "command": "python bench/kv_cache.py " + " ".join(sys.argv[1:]),
+        "command": command,
         "model": args.model,
         "lengths": lengths,
         "depths": DEPTHS,
@@ -122,9 +150,12 @@ def report(doc: dict, stem: Path, tests: int) -> None:
     lines = [
         f"# {doc['model']}: needle accuracy vs KV memory",
         "",
-        f"Command: `{doc['command']}`; {tests} tests (held-out needles, frankenstein), lengths {doc['lengths']}, "
+        "Commands: "
+        + "; ".join(f"`{c}`" for c in dict.fromkeys(r["command"] for r in doc["rows"]))
+        + f"; {tests} tests (held-out needles, frankenstein), lengths {doc['lengths']}, "
         f"depths {doc['depths']}. `headwise` ranks KV heads by the shipped retrieval map, `headwise-context` by "
-        "a context map profiled on other needles and another book. KV held is measured from the caches "
+        "a context map profiled on other needles and another book, `headwise-NAME` by the map given as "
+        "`--map NAME=PATH`. KV held is measured from the caches "
         "(for kvpress: tokens kept after compression; AdaKV masks instead of dropping, so it holds everything). "
         "`least window` is what headwise's other heads keep at least; the budget its full heads leave widens it.",
         "",

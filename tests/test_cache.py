@@ -1,5 +1,7 @@
 """HeadwiseCache: exact when nothing is dropped, really smaller when something is, and usable by generate()."""
 
+import copy
+
 import pytest
 import torch
 from transformers import DynamicCache
@@ -74,6 +76,31 @@ def test_prefill_sees_the_whole_prompt_and_decoding_only_what_is_held(smol, batc
     assert (nxt[0] - nxt[1]).abs().max() > 0.1  # decoding: heads 0 and 2 see only sink + window now
 
 
+def test_gates_train_against_exactly_what_the_cache_serves(smol, batch):
+    """profile_gates decodes answers through WindowGates after a full prefill: with gate 0 on some KV heads
+    that must be the HeadwiseCache that windows those heads, and with gate 1 the full cache."""
+    from headwise.probe import WindowGates, gating
+
+    model, _ = smol
+    ids = batch[0][:1]
+    prompt, answer = ids[:, :150], ids[:, 150:]
+    gates = WindowGates(30, 3, sink=4, window=16, layers=list(range(30)))
+    with torch.no_grad():
+        gates.gate[:, [0, 2]] = 0.0
+    with torch.inference_mode():
+        served = cache_of(model, [1], window=16)
+        model(prompt, past_key_values=served)
+        steps = torch.cat([model(answer[:, i : i + 1], past_key_values=served).logits for i in range(10)], 1)
+        for windowed, want in ((gates, steps), (WindowGates(30, 3, 4, 16, list(range(30))), None)):
+            cache = DynamicCache(config=model.config)
+            model(prompt, past_key_values=cache)
+            plain = model(answer[:, :10], past_key_values=copy.deepcopy(cache)).logits
+            with gating(model, windowed):
+                got = model(answer[:, :10], past_key_values=cache).logits
+            assert (got - (plain if want is None else want)).abs().max() < 1e-3
+    assert (steps - plain).abs().max() > 0.1  # the windowed heads did change the answer's logits
+
+
 def test_budget_picks_the_top_kv_heads_and_generate_works(smol):
     model, tok = smol
     hm = shipped_headmap("smollm2-135m")
@@ -94,11 +121,11 @@ def test_budget_picks_the_top_kv_heads_and_generate_works(smol):
 
 
 def test_sliding_window_layers_keep_their_own_cache_and_the_budget_spends_on_global_ones(gemma, book):
-    from headwise.cache import _sliding_layers
+    from headwise.models import sliding_layers
     from headwise.tasks import load_needles, make_test
 
     model, tok, headmap = gemma
-    sliding = _sliding_layers(model)
+    sliding = sliding_layers(model)
     cache = HeadwiseCache.from_headmap(model, headmap, budget=0.7, window=64, context_length=1200)
     chosen = [layer for layer, heads in enumerate(cache.full_heads) if heads and layer not in sliding]
     assert len(chosen) == 2  # of the 3 global layers' KV heads, 2 fit 70% of their bytes at 1,200 tokens

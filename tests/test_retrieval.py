@@ -76,3 +76,28 @@ def test_context_score_is_zero_when_the_window_sees_everything_and_grows_as_it_n
     medium = profile_context(model, tok, tests[:2], sink=4, window=128, progress=False).scores
     assert narrow.mean() > medium.mean() > 0.01
     assert (narrow >= medium - 0.05).mean() > 0.9  # per head, too, with rare exceptions
+
+
+def test_trained_gates_close_what_the_answers_can_spare(smol, tests):
+    """fit_gates: the L1 push closes many KV heads' gates, and a HeadwiseCache that windows exactly those
+    heads still answers like the full cache, where windowing as many heads of the other end fails."""
+    from headwise.cache import HeadwiseCache
+    from headwise.profile import fit_gates, gate_data
+
+    model, tok = smol
+    gates = fit_gates(model, gate_data(model, tok, tests, progress=False), epochs=8, l1=1.0, lr=0.05, progress=False)
+    kv = gates.kv_scores()
+    assert gates.kind == "gates" and ((kv >= 0) & (kv <= 1)).all()
+    share = float((kv > 0).mean())
+    assert share < 0.7  # the L1 term closed a good part of the 90 gates
+
+    def answered(headmap):
+        def cache():
+            return HeadwiseCache.from_headmap(model, headmap, retrieval_fraction=share, window=64)
+
+        return sum(is_correct(t.needle, greedy(model, tok, t.ids, cache=cache())) for t in tests)
+
+    full = sum(is_correct(t.needle, greedy(model, tok, t.ids)) for t in tests)
+    reverse = HeadMap(gates.model, 1 - gates.scores, gates.num_kv_heads, kind="gates")
+    assert answered(gates) == full
+    assert answered(reverse) < full

@@ -26,7 +26,7 @@ from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer, Dynam
 
 from headwise.errors import HeadwiseError
 from headwise.headmap import HeadMap
-from headwise.models import model_id, model_shape
+from headwise.models import model_id, model_shape, sliding_layers
 from headwise.probe import control_of
 from headwise.tasks import NeedleTest
 
@@ -172,7 +172,7 @@ class HeadwiseCache(Cache):
         shape = model_shape(model)
         if sink < 0 or window < 1:
             raise HeadwiseError(f"need sink >= 0 and window >= 1, got sink={sink}, window={window}")
-        sliding = _sliding_layers(model)  # already windowed by the model: not headwise's to choose
+        sliding = sliding_layers(model)  # already windowed by the model: not headwise's to choose
         total = (shape.num_layers - len(sliding)) * shape.num_kv_heads
         if (budget is None) == (retrieval_fraction is None):
             raise HeadwiseError("give exactly one of budget= or retrieval_fraction=")
@@ -312,11 +312,3 @@ def split_budget(budget: float | int, total: int, sink: int, window: int, length
         spare = per_head * total - n_full * length - (total - n_full) * kept
         window = min(length - sink, window + math.floor(spare / (total - n_full) + 1e-9))
     return n_full, window
-
-
-def _sliding_layers(model: PreTrainedModel) -> dict[int, int]:
-    """Layers the model itself runs with a sliding window (Gemma 3's local layers), with their window."""
-    cfg = model.config.get_text_config()
-    types = getattr(cfg, "layer_types", None) or []
-    window = getattr(cfg, "sliding_window", None)
-    return {i: window for i, t in enumerate(types) if t == "sliding_attention" and window}

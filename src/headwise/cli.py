@@ -145,28 +145,30 @@ def profile_cmd(
     score: Annotated[
         str,
         typer.Option(
-            help="retrieval (copy-paste attention, Wu et al.) or context (output change under sink + window, "
-            "what a head-wise KV cache should rank by)"
+            help="retrieval (copy-paste attention, Wu et al.), context (output change under sink + window) or "
+            "gates (DuoAttention-style gates trained so that sink + window changes the answers least)"
         ),
     ] = "retrieval",
-    sink: Annotated[int, typer.Option(help="--score context: sink tokens of the window view")] = 4,
-    window: Annotated[int, typer.Option(help="--score context: recent tokens of the window view")] = WINDOW,
+    sink: Annotated[int, typer.Option(help="--score context|gates: sink tokens of the window view")] = 4,
+    window: Annotated[int, typer.Option(help="--score context|gates: recent tokens of the window view")] = WINDOW,
     out: Annotated[Path | None, typer.Option(help="head map JSON to write; a heatmap PNG is written beside it")] = None,
 ) -> None:
     """Score every attention head on needle tests; write a head map and its heatmap."""
     from headwise.models import load_model
-    from headwise.profile import profile, profile_context
+    from headwise.profile import profile, profile_context, profile_gates
 
-    if score not in ("retrieval", "context"):
-        raise HeadwiseError(f"--score must be retrieval or context, got {score!r}")
+    if score not in ("retrieval", "context", "gates"):
+        raise HeadwiseError(f"--score must be retrieval, context or gates, got {score!r}")
     grid = _grid(haystack, needles, needles_file, lengths, depths, seed, held_out=False)
     m, tok = load_model(model, dtype)
     tests = grid.tests(tok)
     if score == "context":
         headmap = profile_context(m, tok, tests, sink=sink, window=window)
+    elif score == "gates":
+        headmap = profile_gates(m, tok, tests, sink=sink, window=window)
     else:
         headmap = profile(m, tok, tests)
-    suffix = "" if score == "retrieval" else "-context"
+    suffix = "" if score == "retrieval" else f"-{score}"
     path = headmap.save(out or Path("headmaps") / f"{_slug(model)}{suffix}.json")
     png = headmap.plot(path.with_suffix(".png"))
     typer.echo(headmap.summary())

@@ -149,3 +149,11 @@ def check_lengths(model: PreTrainedModel, lengths: list[int], reserve: int = 128
                 f"length {n} plus ~{reserve} prompt and answer tokens exceeds {model_id(model)}'s window of "
                 f"{window} tokens; use lengths up to {window - reserve}"
             )
+
+
+def sliding_layers(model: PreTrainedModel) -> dict[int, int]:
+    """Layers the model itself runs with a sliding window (Gemma 3's local layers), with their window."""
+    cfg = model.config.get_text_config()
+    types = getattr(cfg, "layer_types", None) or []
+    window = getattr(cfg, "sliding_window", None)
+    return {i: window for i, t in enumerate(types) if t == "sliding_attention" and window}

@@ -42,6 +42,34 @@ class DecodeRecorder:
         self.sink_mass[layer] = weights[0, :, : max(self.sink - offset, 0)].sum(-1).cpu()
 
 
+def full_and_window(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    scaling: float,
+    softcap: float | None,
+    sink: int,
+    window: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention outputs of the query rows (the last ones of the sequence; batch row 0, causal, no padding)
+    over all keys and over the first `sink` and last `window` keys each row sees, both float32 and shaped
+    (KV heads, query heads per KV head, rows, head_dim)."""
+    heads, kv_heads, kv_len = query.shape[1], key.shape[1], key.shape[2]
+    m = query.shape[2]
+    q = query[0].float().view(kv_heads, heads // kv_heads, m, -1)
+    scores = torch.einsum("kgmd,ktd->kgmt", q, key[0].float()) * scaling
+    if softcap:
+        scores = torch.tanh(scores / softcap) * softcap
+    q_pos = torch.arange(kv_len - m, kv_len, device=key.device)[:, None]
+    t = torch.arange(kv_len, device=key.device)[None]
+    seen = t <= q_pos
+    windowed = seen & ((t < sink) | (t > q_pos - window))
+    v = value[0].float()
+    full = torch.einsum("kgmt,ktd->kgmd", scores.masked_fill(~seen, float("-inf")).softmax(-1), v)
+    win = torch.einsum("kgmt,ktd->kgmd", scores.masked_fill(~windowed, float("-inf")).softmax(-1), v)
+    return full, win
+
+
 class WindowProbe:
     """How much each head's output changes when it may only see the first `sink` and last `window` tokens.
 
@@ -64,22 +92,42 @@ class WindowProbe:
         softcap: float | None,
     ) -> None:
         """Add this call's change per head for its last rows (batch row 0; causal, no padding)."""
-        heads, kv_heads, kv_len = query.shape[1], key.shape[1], key.shape[2]
+        heads = query.shape[1]
         m = min(self.rows, query.shape[2])
-        q = query[0, :, -m:].float().view(kv_heads, heads // kv_heads, m, -1)
-        scores = torch.einsum("kgmd,ktd->kgmt", q, key[0].float()) * scaling
-        if softcap:
-            scores = torch.tanh(scores / softcap) * softcap
-        q_pos = torch.arange(kv_len - m, kv_len, device=key.device)[:, None]
-        t = torch.arange(kv_len, device=key.device)[None]
-        seen = t <= q_pos
-        windowed = seen & ((t < self.sink) | (t > q_pos - self.window))
-        v = value[0].float()
-        full = torch.einsum("kgmt,ktd->kgmd", scores.masked_fill(~seen, float("-inf")).softmax(-1), v)
-        win = torch.einsum("kgmt,ktd->kgmd", scores.masked_fill(~windowed, float("-inf")).softmax(-1), v)
+        full, win = full_and_window(query[:, :, -m:], key, value, scaling, softcap, self.sink, self.window)
         change = (full - win).norm(dim=-1) / full.norm(dim=-1).clamp_min(1e-6)  # (kv, group, m)
         self.total[layer] += change.sum(-1).reshape(heads).cpu()
         self.count[layer] += m
+
+
+class WindowGates(torch.nn.Module):
+    """DuoAttention-style gates, one per KV head: the head's output is `a * full + (1 - a) * window`,
+    where `window` attends only the first `sink` and the last `window` tokens. Trained (profile.py) so
+    that the mix changes the model's answers little while the gates are pushed to 0; a head whose gate
+    stays high is one that cannot live in a sink + window cache. Used on query rows at the end of the
+    keys (decoding after a cached prompt), batch row 0, no padding; `layers` are the gated layers."""
+
+    def __init__(self, num_layers: int, num_kv_heads: int, sink: int, window: int, layers: list[int]) -> None:
+        super().__init__()
+        self.gate = torch.nn.Parameter(torch.ones(num_layers, num_kv_heads))
+        self.sink, self.window, self.layers = sink, window, set(layers)
+
+    def attend(
+        self,
+        layer: int,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        scaling: float,
+        softcap: float | None,
+    ) -> torch.Tensor:
+        """Gated attention output for this call's query rows, (1, rows, heads, head_dim) in the query's dtype."""
+        _, heads, m, dim = query.shape
+        # A HeadwiseLayer's decode view: the window it holds plus the step's new token.
+        full, win = full_and_window(query, key, value, scaling, softcap, self.sink, self.window + 1)
+        a = self.gate[layer].to(key.device)[:, None, None, None]
+        out = a * full + (1 - a) * win
+        return out.reshape(heads, m, dim).transpose(0, 1)[None].to(query.dtype)
 
 
 class ProbeDone(Exception):
@@ -143,6 +191,7 @@ class HeadControl:
     uniform: dict[int, list[int]] = field(default_factory=dict)
     recorder: DecodeRecorder | None = None
     row_probe: WindowProbe | SpanProbe | None = None
+    gates: WindowGates | None = None
 
 
 def _decode_attention(
@@ -200,9 +249,13 @@ def headwise_attention(
     if probe is not None and split is None and not getattr(module, "sliding_window", None):
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
         probe.measure(module.layer_idx, query, key, value, scale, kwargs.get("softcap"))
+    gates = control.gates if control is not None else None
     if split is not None:
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
         out = split().attend(query, attention_mask, scale)
+    elif gates is not None and module.layer_idx in gates.layers:
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        out = gates.attend(module.layer_idx, query, key, value, scale, kwargs.get("softcap"))
     elif control is not None and decode and (control.recorder is not None or control.uniform.get(module.layer_idx)):
         if kwargs.get("s_aux") is not None:
             raise HeadwiseError("models with attention sinks (s_aux) are not supported by the headwise probe yet")
@@ -268,6 +321,17 @@ def window_probing(model: PreTrainedModel, sink: int, window: int, rows: int = 3
         yield control.row_probe
     finally:
         control.row_probe = None
+
+
+@contextmanager
+def gating(model: PreTrainedModel, gates: WindowGates) -> Iterator[WindowGates]:
+    """Attend through `gates` in their layers while the block runs."""
+    control = control_of(model)
+    control.gates = gates
+    try:
+        yield gates
+    finally:
+        control.gates = None
 
 
 @contextmanager

@@ -1,27 +1,32 @@
 """Score every head: the retrieval score of Wu et al. 2024 and a sink (streaming) score, from decode steps
-only; and, for caches, the context score: how much a head's output changes when it sees only sink + window."""
+only; and, for caches, what sink + window attention costs a head: its output change (context score) or a
+gate trained DuoAttention-style against the full cache's answers (gate score)."""
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from headwise.cache import WINDOW
 from headwise.errors import HeadwiseError
-from headwise.generate import greedy
+from headwise.generate import MAX_NEW_TOKENS, greedy, stop_ids
 from headwise.headmap import HeadMap
-from headwise.models import check_lengths, model_id, model_shape
-from headwise.probe import recording, window_probing
+from headwise.models import check_lengths, model_id, model_shape, sliding_layers
+from headwise.probe import WindowGates, gating, recording, window_probing
 from headwise.tasks import NeedleTest, is_correct
 
 DEFAULT_LENGTHS = [500, 1000, 1500]
 DEFAULT_DEPTHS = [0.0, 0.25, 0.5, 0.75, 1.0]
 DEFAULT_NEEDLES = 4
+GATE_EPOCHS = 10
+GATE_L1 = 1.0  # of 0.2, 0.5, 1.0 the best at a 30% budget on dev needles (bench/kv_gates.py)
 
 
 @dataclass
@@ -143,3 +148,171 @@ def profile_context(
             "seconds": round(time.perf_counter() - began, 1),
         },
     )
+
+
+@dataclass
+class _GateSample:
+    """One training prompt for the gates: its full-attention KV cache, the full cache's greedy answer
+    (the decode inputs) and the full model's log-probabilities after each answer token (the targets)."""
+
+    cache: DynamicCache
+    inputs: torch.Tensor
+    target: torch.Tensor
+
+
+def _replay(cache: DynamicCache) -> DynamicCache:
+    """A cache that continues from `cache` and leaves it as it is: layers grow by concatenation (transformers'
+    dynamic and sliding layers alike), so shallow copies of them share the prompt's tensors untouched."""
+    replay = copy.copy(cache)
+    replay.layers = [copy.copy(layer) for layer in cache.layers]
+    return replay
+
+
+@torch.no_grad()
+def _gate_sample(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, test: NeedleTest) -> _GateSample | None:
+    """Prefill the prompt with full attention, answer greedily, and keep what gate training replays.
+    None when the answer is a single token: the prefill alone decides it, so no gate can change it."""
+    prompt_cache = DynamicCache(config=model.config)
+    stops = stop_ids(model, tokenizer)
+    out = model(test.ids[None].to(model.device), past_key_values=prompt_cache, use_cache=True, logits_to_keep=1)
+    cache = _replay(prompt_cache)
+    tokens = [int(out.logits[0, -1].argmax())]
+    logps = []
+    while tokens[-1] not in stops and len(tokens) < MAX_NEW_TOKENS:
+        out = model(torch.tensor([[tokens[-1]]], device=model.device), past_key_values=cache, use_cache=True)
+        logps.append(out.logits[0, -1].float().log_softmax(-1))
+        tokens.append(int(out.logits[0, -1].argmax()))
+    if not logps:
+        return None
+    return _GateSample(prompt_cache, torch.tensor(tokens[:-1], device=model.device), torch.stack(logps))
+
+
+def _train_gates(
+    model: PreTrainedModel,
+    samples: list[_GateSample],
+    gates: WindowGates,
+    epochs: int,
+    l1: float,
+    lr: float,
+    progress: bool,
+) -> tuple[list[float], torch.Tensor]:
+    """Fit `gates` on `samples` with Adam, one sample per step, gates clamped to [0, 1]; the model's own
+    weights stay frozen. Returns the mean loss per epoch and each gate's mean over all steps."""
+    optimizer = torch.optim.Adam(gates.parameters(), lr=lr)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for p in trainable:
+        p.requires_grad_(False)
+    order = torch.Generator().manual_seed(0)
+    history, gate_sum, steps = [], torch.zeros_like(gates.gate), 0
+    try:
+        with gating(model, gates):
+            for _ in tqdm(range(epochs), desc="gates: train", unit="epoch", disable=not progress):
+                total = 0.0
+                for i in torch.randperm(len(samples), generator=order).tolist():
+                    s = samples[i]
+                    logits = model(s.inputs[None], past_key_values=_replay(s.cache), use_cache=True).logits[0]
+                    kl = F.kl_div(logits.float().log_softmax(-1), s.target, log_target=True, reduction="none")
+                    loss = kl.sum(-1).mean() + l1 * gates.gate[sorted(gates.layers)].mean()
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+                    with torch.no_grad():
+                        gates.gate.clamp_(0.0, 1.0)
+                        gate_sum += gates.gate
+                    steps += 1
+                    total += loss.item()
+                history.append(round(total / len(samples), 5))
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
+    return history, gate_sum / max(steps, 1)
+
+
+@dataclass
+class GateData:
+    """What gate training replays, prepared once so that several trainings (an L1 sweep) can share it."""
+
+    tests: list[NeedleTest]
+    samples: list[_GateSample]
+    seconds: float
+
+
+def gate_data(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, tests: list[NeedleTest], progress: bool = True
+) -> GateData:
+    """Prefill every test with full attention and record the full cache's answer (see fit_gates)."""
+    if not tests:
+        raise HeadwiseError("profile needs at least one needle test")
+    check_lengths(model, [t.length for t in tests])
+    began = time.perf_counter()
+    samples = [_gate_sample(model, tokenizer, t) for t in tqdm(tests, desc="gates: prefill", disable=not progress)]
+    samples = [s for s in samples if s is not None]
+    if not samples:
+        raise HeadwiseError("every answer was a single token, which no gate can change; use other needle tests")
+    return GateData(tests, samples, time.perf_counter() - began)
+
+
+def fit_gates(
+    model: PreTrainedModel,
+    data: GateData,
+    sink: int = 4,
+    window: int = WINDOW,
+    epochs: int = GATE_EPOCHS,
+    l1: float = GATE_L1,
+    lr: float = 0.02,
+    progress: bool = True,
+) -> HeadMap:
+    """Gate-score every KV head, DuoAttention-style: learn one gate per KV head that mixes full and
+    sink + window attention, so that the answers' next-token distributions stay those of the full cache
+    (KL) while an L1 penalty pushes gates to 0. The gate a head keeps is what losing its distant context
+    costs the answer, interactions between heads included, which a head-wise cache must rank by.
+
+    Only the answer tokens are decoded with gates, after a full-attention prefill of the prompt: that is
+    how a HeadwiseCache serves them, so each step is cheap and matches deployment. Query heads of one
+    KV head share its gate in the returned map; the model's own sliding-window layers score 0."""
+    shape = model_shape(model)
+    began = time.perf_counter()
+    layers = [i for i in range(shape.num_layers) if i not in sliding_layers(model)]
+    gates = WindowGates(shape.num_layers, shape.num_kv_heads, sink, window, layers)
+    history, _ = _train_gates(model, data.samples, gates, epochs, l1, lr, progress)
+    kv = gates.gate.detach().cpu().numpy().astype(np.float64)
+    kv[[i for i in range(shape.num_layers) if i not in layers]] = 0.0
+    tests = data.tests
+    return HeadMap(
+        model=model_id(model),
+        scores=np.repeat(kv, shape.num_heads // shape.num_kv_heads, axis=1),
+        num_kv_heads=shape.num_kv_heads,
+        kind="gates",
+        method={
+            "score": "gates (DuoAttention-style): per KV head, the trained weight of full over sink + window "
+            f"attention at answer decoding; KL to the full cache's answer distributions + {l1} x mean gate",
+            "sink": sink,
+            "window": window,
+            "epochs": epochs,
+            "lr": lr,
+            "l1": l1,
+            "loss_per_epoch": history,
+            "tests": len(tests),
+            "tests_used": len(data.samples),
+            "lengths": sorted({t.length for t in tests}),
+            "depths": sorted({t.depth for t in tests}),
+            "needles": len({t.needle for t in tests}),
+            "haystacks": sorted({t.haystack for t in tests}),
+            "dtype": str(model.dtype).removeprefix("torch."),
+            "seconds": round(data.seconds + time.perf_counter() - began, 1),
+        },
+    )
+
+
+def profile_gates(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    tests: list[NeedleTest],
+    sink: int = 4,
+    window: int = WINDOW,
+    epochs: int = GATE_EPOCHS,
+    l1: float = GATE_L1,
+    progress: bool = True,
+) -> HeadMap:
+    """Gate-score every KV head on `tests` (gate_data, then fit_gates)."""
+    return fit_gates(model, gate_data(model, tokenizer, tests, progress), sink, window, epochs, l1, progress=progress)
