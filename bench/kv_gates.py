@@ -22,7 +22,7 @@ from kv_cache import run_cache, table  # bench/ is on the path when a script her
 from headwise.haystack import load_haystack
 from headwise.headmap import HeadMap, shipped_headmap
 from headwise.models import load_model
-from headwise.profile import GATE_EPOCHS, fit_gates, gate_data
+from headwise.profile import GATE_STEPS, fit_gates, gate_data
 from headwise.tasks import load_needles, make_tests
 
 
@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--headmap", type=Path, help="retrieval head map (default: the one shipped for --model)")
     parser.add_argument("--l1", default="0.2,0.5,1.0", help="L1 weights on the mean gate, comma-separated")
-    parser.add_argument("--epochs", type=int, default=GATE_EPOCHS)
+    parser.add_argument("--steps", type=int, default=GATE_STEPS, help="training steps, one prompt each")
     parser.add_argument("--train-lengths", default="1000,2000,4000,7000")
     parser.add_argument("--lengths", default="1200,2400", help="lengths of the dev tests")
     parser.add_argument("--budgets", default="0.2,0.3")
@@ -46,7 +46,7 @@ def main() -> None:
     data = gate_data(model, tok, make_tests(tok, book, load_needles()[7:13], train_lengths, [0.25, 0.75], seed=11))
     maps = {"headwise": HeadMap.load(args.headmap, model) if args.headmap else shipped_headmap(args.model)}
     for l1 in args.l1.split(","):
-        gates = fit_gates(model, data, epochs=args.epochs, l1=float(l1))
+        gates = fit_gates(model, data, steps=args.steps, l1=float(l1))
         gates.save(out / f"headmap-gates-{l1}.json")
         gates.plot(out / f"headmap-gates-{l1}.png")
         maps[f"headwise-gates-{l1}"] = gates
@@ -62,7 +62,7 @@ def main() -> None:
         f"# {args.model}: KV heads ranked by trained gates vs retrieval score (dev needles)",
         "",
         f"Command: `{command}`. Gates trained on needles 7-12 in pride-and-prejudice at {train_lengths} tokens "
-        f"(depths 0.25, 0.75), {args.epochs} epochs; evaluated on {len(tests)} dev tests (needles 4-6, "
+        f"(depths 0.25, 0.75), {args.steps} steps; evaluated on {len(tests)} dev tests (needles 4-6, "
         f"pride-and-prejudice), lengths {lengths}, depths [0.1, 0.5, 0.9].",
         "",
         *table(rows),

@@ -85,7 +85,7 @@ def test_trained_gates_close_what_the_answers_can_spare(smol, tests):
     from headwise.profile import fit_gates, gate_data
 
     model, tok = smol
-    gates = fit_gates(model, gate_data(model, tok, tests, progress=False), epochs=8, l1=1.0, lr=0.05, progress=False)
+    gates = fit_gates(model, gate_data(model, tok, tests, progress=False), steps=48, l1=1.0, lr=0.05, progress=False)
     kv = gates.kv_scores()
     assert gates.kind == "gates" and ((kv >= 0) & (kv <= 1)).all()
     share = float((kv > 0).mean())
