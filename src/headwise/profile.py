@@ -273,11 +273,13 @@ def fit_gates(
     KV head share its gate in the returned map; the model's own sliding-window layers score 0."""
     shape = model_shape(model)
     began = time.perf_counter()
-    layers = [i for i in range(shape.num_layers) if i not in sliding_layers(model)]
-    gates = WindowGates(shape.num_layers, shape.num_kv_heads, sink, window, layers)
+    sliding = sliding_layers(model)
+    gates = WindowGates(
+        shape.num_layers, shape.num_kv_heads, sink, window, [i for i in range(shape.num_layers) if i not in sliding]
+    )
     history = _train_gates(model, data.samples, gates, steps, l1, lr, progress)
     kv = gates.gate.detach().cpu().numpy().astype(np.float64)
-    kv[[i for i in range(shape.num_layers) if i not in layers]] = 0.0
+    kv[list(sliding)] = 0.0  # never gated: the model windows these layers itself
     tests = data.tests
     return HeadMap(
         model=model_id(model),
