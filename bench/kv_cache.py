@@ -6,6 +6,8 @@ rankings), sink + window on every head, and kvpress presses, at the same budgets
     python bench/kv_cache.py --model gemma3-270m --headmap bench/results/gemma3-270m/headmap-frankenstein.json \
         --no-context                                             # a model without a shipped map
     python bench/kv_cache.py --lengths 4000,8000 --needles 2 --budgets 0.3 --no-context --name kv_cache-8k
+    python bench/kv_cache.py --lengths 1200,2400,4000 --depths 0.1,0.3,0.5,0.7,0.9 --budgets 0.3 --no-context \
+        --map gates=bench/results/smollm2-135m/headmap-gates-1.0.json --name kv_cache-45  # 45 tests at 30%
     python bench/kv_cache.py --map gates=bench/results/smollm2-135m/headmap-gates.json --only gates  # add a ranking
 
 HeadwiseCache ranks KV heads by the shipped retrieval map, by a context map (how much each head's
@@ -36,7 +38,6 @@ from headwise.profile import profile_context
 from headwise.tasks import NeedleTest, is_correct, load_needles, make_tests, pick_needles, prompt_parts
 
 SINK = 4
-DEPTHS = [0.1, 0.5, 0.9]
 PRESSES = ("kvpress-streaming_llm", "kvpress-snapkv", "kvpress-adakv_snapkv", "kvpress-expected_attention")
 KVPRESS_PYTHON = Path(__file__).resolve().parents[1] / ".venv-kvpress" / "bin" / "python"
 
@@ -47,6 +48,7 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--lengths", default="1200,2400")
     parser.add_argument("--needles", type=int, default=3)
+    parser.add_argument("--depths", default="0.1,0.5,0.9")
     parser.add_argument("--window", type=int, default=WINDOW, help="window of headwise's non-retrieval heads")
     parser.add_argument("--kvpress", action="store_true", help="also run kvpress presses (needs .venv-kvpress)")
     parser.add_argument("--budgets", default="0.2,0.3,0.5,0.7", help="KV budgets, fractions of the full cache")
@@ -55,18 +57,20 @@ def main() -> None:
     parser.add_argument("--no-context", action="store_true", help="skip the context-ranked variant and its profiling")
     parser.add_argument("--map", action="append", default=[], help="NAME=PATH: also rank KV heads by this head map")
     parser.add_argument("--only", help="run only the methods whose name holds this; keep the saved rows of the others")
+    parser.add_argument("--reduce", default="max", help="KV head score from its query heads': max, or mean (-mean)")
     args = parser.parse_args()
     out = Path(__file__).parent / "results" / args.model.replace("/", "_")
     out.mkdir(parents=True, exist_ok=True)
     lengths = [int(x) for x in args.lengths.split(",")]
     budgets = [float(x) for x in args.budgets.split(",")]
+    depths = [float(x) for x in args.depths.split(",")]
     model, tok = load_model(args.model)
     tests = make_tests(
         tok,
         load_haystack("frankenstein"),
         pick_needles(load_needles(), args.needles, held_out=True),
         lengths,
-        DEPTHS,
+        depths,
         seed=3,
     )
     maps = {"headwise": HeadMap.load(args.headmap, model) if args.headmap else shipped_headmap(args.model)}
@@ -85,8 +89,9 @@ def main() -> None:
     rows = [run_cache(model, tok, tests, "full", 1.0, None, 0)] if only("full") else []
     for budget in budgets:
         for method, headmap in maps.items():
+            method += "-mean" if args.reduce == "mean" else ""
             if only(method):
-                rows.append(run_cache(model, tok, tests, method, budget, headmap, args.window))
+                rows.append(run_cache(model, tok, tests, method, budget, headmap, args.window, args.reduce))
         if only("window"):
             rows.append(run_cache(model, tok, tests, "window", budget, None, 0))
     rows += [
@@ -111,7 +116,7 @@ def main() -> None:
         "command": command,
         "model": args.model,
         "lengths": lengths,
-        "depths": DEPTHS,
+        "depths": depths,
         "needles": args.needles,
         "rows": rows,
     }
@@ -119,12 +124,21 @@ def main() -> None:
 
 
 def run_cache(
-    model, tok, tests: list[NeedleTest], method: str, budget: float, headmap: HeadMap | None, window: int
+    model,
+    tok,
+    tests: list[NeedleTest],
+    method: str,
+    budget: float,
+    headmap: HeadMap | None,
+    window: int,
+    reduce: str = "max",
 ) -> dict:
-    """Answer `tests` with one cache method (full, headwise or headwise-<variant>, window) at `budget`: a row."""
+    """Answer `tests` with one cache method (full, headwise or headwise-<variant>, window) at `budget`: a row.
+    `reduce` is how headwise scores a KV head from its query heads: max or mean."""
     began = time.perf_counter()
     kind = "headwise" if method.startswith("headwise") else method
-    result = run_niah(model, tok, tests, make_cache=cache_factory(model, kind, budget, headmap, SINK, window))
+    make_cache = cache_factory(model, kind, budget, headmap, SINK, window, reduce)
+    result = run_niah(model, tok, tests, make_cache=make_cache)
     correct = [o.correct for o in result.outcomes]
     return result_row(method, budget, window, correct, result.kv_ratio, time.perf_counter() - began)
 
@@ -209,13 +223,13 @@ def run_kvpress(model_name: str, tok, tests: list[NeedleTest], budgets: list[flo
 
 
 def plot(rows: list[dict], path: Path, model: str) -> None:
-    """Accuracy against the KV budget, one line per method; the full cache as a reference line."""
+    """Accuracy against the KV budget, one line per method; the full cache and 95% of it as reference lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(9.5, 4.5))
     methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m != "full"]
     for method in methods:
         pts = sorted((r["budget"], r["accuracy"]) for r in rows if r["method"] == method)
@@ -223,11 +237,13 @@ def plot(rows: list[dict], path: Path, model: str) -> None:
         ax.plot([100 * x for x, _ in pts], [100 * y for _, y in pts], style, label=method, markersize=7)
     full = next(r for r in rows if r["method"] == "full")
     ax.axhline(100 * full["accuracy"], color="k", lw=1, label="full cache")
+    ax.axhline(95 * full["accuracy"], color="k", lw=0.8, ls=":", label="95% of the full cache (goal at 30%)")
     ax.set_xlabel("KV budget (% of the full cache)")
     ax.set_ylabel("needle accuracy (%)")
+    ax.set_xlim(0, 100)
     ax.set_ylim(-5, 105)
     ax.set_title(f"{model}: accuracy vs KV memory")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: clear of the lines
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -261,17 +261,18 @@ def cache_factory(
     headmap: HeadMap | None = None,
     sink: int = 4,
     window: int = WINDOW,
+    reduce: str = "max",
 ) -> Callable[[NeedleTest], Cache]:
     """Per-test cache builder for a method: "full" (plain cache), "headwise" (full cache for the map's
-    top KV heads, sink + `window` for the rest, sized to `budget` of each prompt), or "window"
-    (StreamingLLM: every head keeps sink + a window sized to the same budget)."""
+    top KV heads by their query heads' `reduce` score, sink + `window` for the rest, sized to `budget`
+    of each prompt), or "window" (StreamingLLM: every head keeps sink + a window sized to the same budget)."""
     if method == "full":
         return lambda test: DynamicCache(config=model.config)
     if method == "headwise":
         if headmap is None:
             raise HeadwiseError("the headwise cache needs a head map")
         return lambda test: HeadwiseCache.from_headmap(
-            model, headmap, budget=budget, sink=sink, window=window, context_length=len(test.ids)
+            model, headmap, budget, sink=sink, window=window, context_length=len(test.ids), reduce=reduce
         )
     if method == "window":
         shape = model_shape(model)
