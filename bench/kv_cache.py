@@ -169,7 +169,9 @@ def report(doc: dict, stem: Path, tests: int) -> None:
         + f"; {tests} tests (held-out needles, frankenstein), lengths {doc['lengths']}, "
         f"depths {doc['depths']}. `headwise` ranks KV heads by the shipped retrieval map, `headwise-context` by "
         "a context map profiled on other needles and another book, `headwise-NAME` by the map given as "
-        "`--map NAME=PATH`. KV held is measured from the caches "
+        "`--map NAME=PATH`; a `-mean` suffix scores KV heads by their query heads' mean (`--reduce mean`), "
+        "not the max. "
+        "KV held is measured from the caches "
         "(for kvpress: tokens kept after compression; AdaKV masks instead of dropping, so it holds everything). "
         "`least window` is what headwise's other heads keep at least; the budget its full heads leave widens it.",
         "",
