@@ -140,7 +140,9 @@ def run_cache(
     make_cache = cache_factory(model, kind, budget, headmap, SINK, window, reduce)
     result = run_niah(model, tok, tests, make_cache=make_cache)
     correct = [o.correct for o in result.outcomes]
-    return result_row(method, budget, window, correct, result.kv_ratio, time.perf_counter() - began)
+    row = result_row(method, budget, window, correct, result.kv_ratio, time.perf_counter() - began)
+    missed = [f"{o.length} tokens, depth {o.depth}: {o.question}" for o in result.outcomes if not o.correct]
+    return row | {"missed": missed}  # which tests failed, to compare methods test by test
 
 
 def result_row(method: str, budget: float, window: int | None, correct: list[bool], kv: float, seconds: float) -> dict:
