@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -74,9 +75,7 @@ def main() -> None:
         seed=3,
     )
     maps = {"headwise": HeadMap.load(args.headmap, model) if args.headmap else shipped_headmap(args.model)}
-    for spec in args.map:
-        name, _, path = spec.partition("=")
-        maps[f"headwise-{name}"] = HeadMap.load(path, model)
+    maps |= extra_maps(args.map, model)
     only = (lambda method: args.only in method) if args.only else (lambda method: True)
     if not args.no_context and only("headwise-context"):
         calibration = make_tests(
@@ -89,7 +88,7 @@ def main() -> None:
     rows = [run_cache(model, tok, tests, "full", 1.0, None, 0)] if only("full") else []
     for budget in budgets:
         for method, headmap in maps.items():
-            method += "-mean" if args.reduce == "mean" else ""
+            method = variant(method, args.reduce)
             if only(method):
                 rows.append(run_cache(model, tok, tests, method, budget, headmap, args.window, args.reduce))
         if only("window"):
@@ -99,7 +98,7 @@ def main() -> None:
         for r in pressed
         if only(r["method"])
     ]
-    command = "python bench/kv_cache.py " + " ".join(sys.argv[1:])
+    command = command_line("kv_cache.py")
     for row in rows:
         row["command"] = command
     saved = out / f"{args.name}.json"
@@ -160,12 +159,36 @@ def result_row(method: str, budget: float, window: int | None, correct: list[boo
     }
 
 
+def command_line(script: str) -> str:
+    """How this run of bench/`script` was started, stored beside its results."""
+    return shlex.join(["python", f"bench/{script}", *sys.argv[1:]])
+
+
+def extra_maps(specs: list[str], model) -> dict[str, HeadMap]:
+    """`--map NAME=PATH` arguments as {"headwise-NAME": head map}."""
+    maps = {}
+    for spec in specs:
+        name, _, path = spec.partition("=")
+        maps[f"headwise-{name}"] = HeadMap.load(path, model)
+    return maps
+
+
+def variant(method: str, reduce: str) -> str:
+    """A headwise row's name: "-mean" added when KV heads are scored by their query heads' mean, not the max."""
+    return method + ("-mean" if reduce == "mean" else "")
+
+
+def save_table(stem: Path, doc: dict, heading: str, about: str) -> None:
+    """Write <stem>.json and <stem>.md (heading, what was run, the rows' table); print the markdown."""
+    stem.with_suffix(".json").write_text(json.dumps(doc, indent=1))
+    lines = [f"# {heading}", "", about, "", *table(doc["rows"])]
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
 def report(doc: dict, stem: Path, tests: int) -> None:
     """Write <stem>.json, the markdown table and the plot; print the table."""
-    stem.with_suffix(".json").write_text(json.dumps(doc, indent=1))
-    lines = [
-        f"# {doc['model']}: needle accuracy vs KV memory",
-        "",
+    about = (
         "Commands: "
         + "; ".join(f"`{c}`" for c in dict.fromkeys(r["command"] for r in doc["rows"]))
         + f"; {tests} tests (held-out needles, frankenstein), lengths {doc['lengths']}, "
@@ -175,12 +198,9 @@ def report(doc: dict, stem: Path, tests: int) -> None:
         "not the max. "
         "KV held is measured from the caches "
         "(for kvpress: tokens kept after compression; AdaKV masks instead of dropping, so it holds everything). "
-        "`least window` is what headwise's other heads keep at least; the budget its full heads leave widens it.",
-        "",
-        *table(doc["rows"]),
-    ]
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    sys.stdout.write("\n".join(lines) + "\n")
+        "`least window` is what headwise's other heads keep at least; the budget its full heads leave widens it."
+    )
+    save_table(stem, doc, f"{doc['model']}: needle accuracy vs KV memory", about)
     plot(doc["rows"], stem.with_suffix(".png"), doc["model"])
 
 

@@ -12,12 +12,9 @@ kv_cache.py --map then evaluates the chosen map on held-out needles.
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
-import sys
 from pathlib import Path
 
-from kv_cache import run_cache, table  # bench/ is on the path when a script here runs
+from kv_cache import command_line, run_cache, save_table  # bench/ is on the path when a script here runs
 
 from headwise.haystack import load_haystack
 from headwise.headmap import HeadMap, shipped_headmap
@@ -55,20 +52,16 @@ def main() -> None:
     rows = [run_cache(model, tok, tests, "full", 1.0, None, 0)]
     for budget in (float(b) for b in args.budgets.split(",")):
         rows += [run_cache(model, tok, tests, name, budget, hm, 64) for name, hm in maps.items()]
-    command = " ".join(["python bench/kv_gates.py", *map(shlex.quote, sys.argv[1:])])
+    command = command_line("kv_gates.py")
     doc = {"command": command, "train_lengths": train_lengths, "lengths": lengths, "rows": rows}
-    (out / f"{args.name}.json").write_text(json.dumps(doc, indent=1))
-    lines = [
-        f"# {args.model}: KV heads ranked by trained gates vs retrieval score (dev needles)",
-        "",
+    save_table(
+        out / args.name,
+        doc,
+        f"{args.model}: KV heads ranked by trained gates vs retrieval score (dev needles)",
         f"Command: `{command}`. Gates trained on needles 7-12 in pride-and-prejudice at {train_lengths} tokens "
         f"(depths 0.25, 0.75), {args.steps} steps; evaluated on {len(tests)} dev tests (needles 4-6, "
         f"pride-and-prejudice), lengths {lengths}, depths [0.1, 0.5, 0.9].",
-        "",
-        *table(rows),
-    ]
-    (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
-    sys.stdout.write("\n".join(lines) + "\n")
+    )
 
 
 if __name__ == "__main__":

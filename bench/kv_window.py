@@ -12,11 +12,10 @@ adds a ranking of KV heads by another head map, to choose between rankings on th
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 
-from kv_cache import run_cache, table  # bench/ is on the path when a script here runs
+# bench/ is on the path when a script here runs
+from kv_cache import command_line, extra_maps, run_cache, save_table, variant
 
 from headwise.haystack import load_haystack
 from headwise.headmap import HeadMap, shipped_headmap
@@ -41,32 +40,26 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     model, tok = load_model(args.model)
     maps = {"headwise": HeadMap.load(args.headmap, model) if args.headmap else shipped_headmap(args.model)}
-    for spec in args.map:
-        name, _, path = spec.partition("=")
-        maps[f"headwise-{name}"] = HeadMap.load(path, model)
+    maps |= extra_maps(args.map, model)
     lengths = [int(x) for x in args.lengths.split(",")]
     depths = [float(x) for x in args.depths.split(",")]
     tests = make_tests(tok, load_haystack("pride-and-prejudice"), load_needles()[4:7], lengths, depths, 5)
     rows = [run_cache(model, tok, tests, "full", 1.0, None, 0)] + [
-        run_cache(model, tok, tests, method + ("-mean" if reduce == "mean" else ""), float(b), headmap, int(w), reduce)
+        run_cache(model, tok, tests, variant(method, reduce), float(b), headmap, int(w), reduce)
         for b in args.budgets.split(",")
         for method, headmap in maps.items()
         for w in args.windows.split(",")
         for reduce in args.reduce.split(",")
     ]
-    command = "python bench/kv_window.py " + " ".join(sys.argv[1:])
+    command = command_line("kv_window.py")
     doc = {"command": command, "lengths": lengths, "depths": depths, "rows": rows}
-    (out / f"{args.name}.json").write_text(json.dumps(doc, indent=1))
-    lines = [
-        f"# {args.model}: window and ranking of non-retrieval heads (dev needles)",
-        "",
+    save_table(
+        out / args.name,
+        doc,
+        f"{args.model}: window and ranking of non-retrieval heads (dev needles)",
         f"Command: `{command}`; {len(tests)} tests (needles 5-7, pride-and-prejudice), lengths {lengths}, "
         f"depths {depths}.",
-        "",
-        *table(rows),
-    ]
-    (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
-    sys.stdout.write("\n".join(lines) + "\n")
+    )
 
 
 if __name__ == "__main__":
