@@ -244,22 +244,19 @@ def headwise_attention(
     """Attention function registered as "headwise": SDPA, plus per-head reading and masking."""
     control: HeadControl | None = getattr(module, "_headwise", None)
     decode = query.shape[2] == 1
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     split = getattr(key, "_headwise_layer", None)  # keys from a HeadwiseCache layer (cache.py)
     probe = control.row_probe if control is not None else None
     if probe is not None and split is None and not getattr(module, "sliding_window", None):
-        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
         probe.measure(module.layer_idx, query, key, value, scale, kwargs.get("softcap"))
     gates = control.gates if control is not None else None
     if split is not None:
-        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
         out = split().attend(query, attention_mask, scale)
     elif gates is not None and module.layer_idx in gates.layers:
-        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
         out = gates.attend(module.layer_idx, query, key, value, scale, kwargs.get("softcap"))
     elif control is not None and decode and (control.recorder is not None or control.uniform.get(module.layer_idx)):
         if kwargs.get("s_aux") is not None:
             raise HeadwiseError("models with attention sinks (s_aux) are not supported by the headwise probe yet")
-        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
         out = _decode_attention(module, query, key, value, attention_mask, scale, control, kwargs.get("softcap"))
     else:
         out, _ = sdpa_attention_forward(

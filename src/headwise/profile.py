@@ -68,6 +68,17 @@ def score_test(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, test:
     )
 
 
+def _measured_on(model: PreTrainedModel, tests: list[NeedleTest]) -> dict:
+    """What a head map was measured on, for its `method` record: the test grid and the model's dtype."""
+    return {
+        "lengths": sorted({t.length for t in tests}),
+        "depths": sorted({t.depth for t in tests}),
+        "needles": len({t.needle for t in tests}),
+        "haystacks": sorted({t.haystack for t in tests}),
+        "dtype": str(model.dtype).removeprefix("torch."),
+    }
+
+
 def profile(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -100,11 +111,7 @@ def profile(
             "counted_rule": "all tests" if count_all else "answer ROUGE-1 recall of the gold answer > 0.5",
             "tests": len(tests),
             "tests_counted": len(counted),
-            "lengths": sorted({t.length for t in tests}),
-            "depths": sorted({t.depth for t in tests}),
-            "needles": len({t.needle for t in tests}),
-            "haystacks": sorted({t.haystack for t in tests}),
-            "dtype": str(model.dtype).removeprefix("torch."),
+            **_measured_on(model, tests),
             "seconds": round(time.perf_counter() - began, 1),
         },
     )
@@ -140,11 +147,7 @@ def profile_context(
             "sink": sink,
             "window": window,
             "tests": len(tests),
-            "lengths": sorted({t.length for t in tests}),
-            "depths": sorted({t.depth for t in tests}),
-            "needles": len({t.needle for t in tests}),
-            "haystacks": sorted({t.haystack for t in tests}),
-            "dtype": str(model.dtype).removeprefix("torch."),
+            **_measured_on(model, tests),
             "seconds": round(time.perf_counter() - began, 1),
         },
     )
@@ -297,11 +300,7 @@ def fit_gates(
             "loss_per_pass": history,
             "tests": len(tests),
             "tests_used": len(data.samples),
-            "lengths": sorted({t.length for t in tests}),
-            "depths": sorted({t.depth for t in tests}),
-            "needles": len({t.needle for t in tests}),
-            "haystacks": sorted({t.haystack for t in tests}),
-            "dtype": str(model.dtype).removeprefix("torch."),
+            **_measured_on(model, tests),
             "seconds": round(data.seconds + time.perf_counter() - began, 1),
         },
     )
