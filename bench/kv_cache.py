@@ -8,12 +8,15 @@ rankings), sink + window on every head, and kvpress presses, at the same budgets
     python bench/kv_cache.py --lengths 4000,8000 --needles 2 --budgets 0.3 --no-context --name kv_cache-8k
     python bench/kv_cache.py --lengths 1200,2400,4000 --depths 0.1,0.3,0.5,0.7,0.9 --budgets 0.3 --no-context \
         --map gates=bench/results/smollm2-135m/headmap-gates-1.0.json --name kv_cache-45  # 45 tests at 30%
-    python bench/kv_cache.py --map gates=bench/results/smollm2-135m/headmap-gates.json --only gates  # add a ranking
+    python bench/kv_cache.py --book moby-dick --needle-range 13:27 --lengths 1200,2400,4000 --depths 0.25,0.75 \
+        --budgets 0.3 --no-context --only full,headwise --name kv_cache-moby   # fresh needles and prose
+    python bench/kv_cache.py --map mine=headmaps/mine.json --only mine                 # add a ranking
 
-HeadwiseCache ranks KV heads by the shipped retrieval map, by a context map (how much each head's
+HeadwiseCache ranks KV heads by the shipped retrieval map, by the shipped gate map (the default ranking
+of caches, where there is one), by a context map (how much each head's
 output changes under sink + window) that this script profiles first on needles and a book that the
 evaluation does not use, and by any head map given as `--map NAME=PATH` (method `headwise-NAME`).
-`--only` reruns the methods whose name holds it and keeps the other rows of an earlier run. kvpress
+`--only A,B` runs the methods whose name holds A or B and keeps the other rows of an earlier run. kvpress
 runs in .venv-kvpress on the very same token ids; its answers are scored here by the same rule.
 Writes bench/results/<model>/<--name>.json, .md and .png.
 """
@@ -21,6 +24,7 @@ Writes bench/results/<model>/<--name>.json, .md and .png.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shlex
 import subprocess
@@ -30,6 +34,7 @@ import time
 from pathlib import Path
 
 from headwise.cache import WINDOW, cache_factory
+from headwise.errors import HeadwiseError
 from headwise.generate import MAX_NEW_TOKENS
 from headwise.haystack import load_haystack
 from headwise.headmap import HeadMap, shipped_headmap
@@ -48,8 +53,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--lengths", default="1200,2400")
-    parser.add_argument("--needles", type=int, default=3)
+    parser.add_argument("--needles", type=int, default=3, help="how many held-out needles (the list's last)")
+    parser.add_argument("--needle-range", help="START:STOP: needles of the shipped list, not the held-out ones")
+    parser.add_argument("--book", default="frankenstein", help="haystack book (shipped name or a text file)")
     parser.add_argument("--depths", default="0.1,0.5,0.9")
+    parser.add_argument("--seed", type=int, default=3, help="chooses where in the book each test's prose starts")
     parser.add_argument("--window", type=int, default=WINDOW, help="window of headwise's non-retrieval heads")
     parser.add_argument("--kvpress", action="store_true", help="also run kvpress presses (needs .venv-kvpress)")
     parser.add_argument("--budgets", default="0.2,0.3,0.5,0.7", help="KV budgets, fractions of the full cache")
@@ -57,7 +65,9 @@ def main() -> None:
     parser.add_argument("--headmap", type=Path, help="retrieval head map (default: the one shipped for --model)")
     parser.add_argument("--no-context", action="store_true", help="skip the context-ranked variant and its profiling")
     parser.add_argument("--map", action="append", default=[], help="NAME=PATH: also rank KV heads by this head map")
-    parser.add_argument("--only", help="run only the methods whose name holds this; keep the saved rows of the others")
+    parser.add_argument(
+        "--only", help="A,B: run only the methods whose name holds A or B; keep the saved rows of the others"
+    )
     parser.add_argument("--reduce", default="max", help="KV head score from its query heads': max, or mean (-mean)")
     args = parser.parse_args()
     out = Path(__file__).parent / "results" / args.model.replace("/", "_")
@@ -66,17 +76,22 @@ def main() -> None:
     budgets = [float(x) for x in args.budgets.split(",")]
     depths = [float(x) for x in args.depths.split(",")]
     model, tok = load_model(args.model)
-    tests = make_tests(
-        tok,
-        load_haystack("frankenstein"),
-        pick_needles(load_needles(), args.needles, held_out=True),
-        lengths,
-        depths,
-        seed=3,
-    )
+    if args.needle_range:
+        start, stop = (int(x) for x in args.needle_range.split(":"))
+        needles, which = load_needles()[start:stop], f"needles {start + 1}-{stop}"
+    else:
+        needles, which = pick_needles(load_needles(), args.needles, held_out=True), "held-out needles"
+    tests = make_tests(tok, load_haystack(args.book), needles, lengths, depths, seed=args.seed)
     maps = {"headwise": HeadMap.load(args.headmap, model) if args.headmap else shipped_headmap(args.model)}
+    if not args.headmap:
+        with contextlib.suppress(HeadwiseError):  # the ranking caches use by default, where one is shipped
+            maps["headwise-gates"] = shipped_headmap(args.model, "gates")
     maps |= extra_maps(args.map, model)
-    only = (lambda method: args.only in method) if args.only else (lambda method: True)
+    wanted = args.only.split(",") if args.only else [""]
+
+    def only(method: str) -> bool:
+        return any(w in method for w in wanted)
+
     if not args.no_context and only("headwise-context"):
         calibration = make_tests(
             tok, load_haystack("pride-and-prejudice"), pick_needles(load_needles(), 4, False), lengths, [0, 0.5, 1]
@@ -117,9 +132,10 @@ def main() -> None:
         "lengths": lengths,
         "depths": depths,
         "needles": args.needles,
+        "tests": f"{len(tests)} tests ({which}, {args.book})",
         "rows": rows,
     }
-    report(doc, out / args.name, len(tests))
+    report(doc, out / args.name)
 
 
 def run_cache(
@@ -186,13 +202,14 @@ def save_table(stem: Path, doc: dict, heading: str, about: str) -> None:
     sys.stdout.write("\n".join(lines) + "\n")
 
 
-def report(doc: dict, stem: Path, tests: int) -> None:
+def report(doc: dict, stem: Path) -> None:
     """Write <stem>.json, the markdown table and the plot; print the table."""
     about = (
         "Commands: "
         + "; ".join(f"`{c}`" for c in dict.fromkeys(r["command"] for r in doc["rows"]))
-        + f"; {tests} tests (held-out needles, frankenstein), lengths {doc['lengths']}, "
-        f"depths {doc['depths']}. `headwise` ranks KV heads by the shipped retrieval map, `headwise-context` by "
+        + f"; {doc['tests']}, lengths {doc['lengths']}, "
+        f"depths {doc['depths']}. `headwise` ranks KV heads by the shipped retrieval map, `headwise-gates` by "
+        "trained gates (the shipped gate map: what headwise caches use by default), `headwise-context` by "
         "a context map profiled on other needles and another book, `headwise-NAME` by the map given as "
         "`--map NAME=PATH`; a `-mean` suffix scores KV heads by their query heads' mean (`--reduce mean`), "
         "not the max. "
@@ -205,16 +222,27 @@ def report(doc: dict, stem: Path, tests: int) -> None:
 
 
 def table(rows: list[dict]) -> list[str]:
-    """The markdown table of result rows: accuracy and KV held per method, budget and least window."""
+    """The markdown table of result rows: accuracy and KV held per method, budget and least window; with
+    the tests each row missed recorded, also how many tests it lost and won against the full cache (paired)."""
+    full = next((r for r in rows if r["method"] == "full"), {})
+    paired = "missed" in full
     return [
-        "| method | budget | least window | accuracy | KV held | seconds |",
-        "|---|---|---|---|---|---|",
+        "| method | budget | least window | accuracy | KV held | seconds |" + (" lost / won vs full |" * paired),
+        "|---|---|---|---|---|---|" + ("---|" * paired),
         *[
             f"| {r['method']} | {r['budget']:.0%} | {r['window'] or ''} | {r['correct']}/{r['tests']} | "
-            f"{r['kv_ratio']:.0%} | {r['seconds']} |"
+            f"{r['kv_ratio']:.0%} | {r['seconds']} |" + (f" {versus(r, full)} |" if paired else "")
             for r in rows
         ],
     ]
+
+
+def versus(row: dict, full: dict) -> str:
+    """How many tests `row` missed that the full cache answered, and answered that the full cache missed."""
+    if row is full or "missed" not in row:
+        return ""
+    missed, full_missed = set(row["missed"]), set(full["missed"])
+    return f"{len(missed - full_missed)} / {len(full_missed - missed)}"
 
 
 def run_kvpress(model_name: str, tok, tests: list[NeedleTest], budgets: list[float]) -> list[dict]:

@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from headwise.cache import HeadwiseCache, HeadwiseLayer, compressed, split_budget
+from headwise.cache import HeadwiseCache, HeadwiseLayer, cache_factory, compressed, split_budget
 from headwise.errors import HeadwiseError
-from headwise.headmap import HeadMap, shipped_headmap
+from headwise.headmap import HeadMap, cache_headmap, shipped_headmap
 from headwise.tasks import is_correct
 
 
@@ -176,3 +176,23 @@ def test_compressed_gives_every_generate_call_its_own_headwise_cache(smol, book)
     assert "generate" not in vars(model)  # the wrapper is gone after the block
     answer = tok.decode(out.sequences[0, len(test.ids) :], skip_special_tokens=True)
     assert is_correct(needle, answer), answer
+
+
+def test_the_default_cache_ranking_keeps_a_needle_that_sink_and_window_lose_at_30_percent(smol, book):
+    from headwise.tasks import load_needles, make_test
+
+    model, tok = smol
+    headmap = cache_headmap("smollm2-135m")
+    assert headmap.kind == "gates"  # the shipped gate map, not the retrieval map
+    needle = load_needles()[-1]
+    test = make_test(tok, book, needle, 1200, 0.5, start=10)
+    answers = {}
+    for name, cache in (
+        ("headwise", HeadwiseCache.from_headmap(model, headmap, budget=0.3, context_length=len(test.ids))),
+        ("window", cache_factory(model, "window", 0.3)(test)),
+    ):
+        out = model.generate(test.ids[None], past_key_values=cache, max_new_tokens=24, do_sample=False)
+        answers[name] = tok.decode(out[0, len(test.ids) :], skip_special_tokens=True)
+        assert cache.nbytes() <= 0.3 * cache.full_nbytes()
+    assert is_correct(needle, answers["headwise"]), answers
+    assert not is_correct(needle, answers["window"]), answers  # the same bytes spent evenly lose the needle

@@ -75,3 +75,15 @@ def test_reader_goes_beyond_the_window_from_the_command_line(tmp_path, book):
     assert result.exit_code == 0, result.output
     answer = json.loads(result.stdout[result.stdout.index("{") :])
     assert any("ferry leaves the harbour" in q for q in answer["quotes"]) and "seven" in answer["text"].lower()
+
+
+def test_niah_headwise_cache_defaults_to_the_shipped_gate_map(tmp_path, smol):
+    result = run(
+        "niah", "--cache", "headwise", "--budget", "0.3", "--lengths", "1200", "--depths", "0.5", "--needles", "1",
+        "--out", str(tmp_path),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert doc["settings"]["cache_ranking"]["kind"] == "gates"
+    outcome = doc["outcomes"][0]
+    assert outcome["kv_bytes"] <= 0.3 * outcome["full_kv_bytes"] and doc["correct"] == 1, doc["outcomes"]

@@ -84,3 +84,15 @@ def test_map_of_another_model_is_refused(tmp_path, smol):
         HeadMap.load(make_map("gemma3-270m", 18, 4, 1).save(tmp_path / "g.json"), model)
     with pytest.raises(HeadwiseError, match="measured on"):
         HeadMap.load(make_map("some/other-model").save(tmp_path / "o.json"), model)
+
+
+def test_shipped_maps_by_kind_and_the_cache_default():
+    from headwise.headmap import cache_headmap, shipped_headmap
+
+    gates = shipped_headmap("smollm2-135m", "gates")
+    assert gates.kind == "gates" and gates.scores.shape == (30, 9)
+    assert cache_headmap("smollm2-135m").kind == "gates"
+    with pytest.raises(HeadwiseError, match="retrieval or gates"):
+        shipped_headmap("smollm2-135m", "context")
+    with pytest.raises(HeadwiseError, match="headwise profile --model gemma3-270m"):
+        cache_headmap("gemma3-270m")  # no shipped map of either kind: says how to make one

@@ -76,6 +76,15 @@ def _headmap(heads: str | Path, model_name: str, model) -> HeadMap | None:
     return headmap
 
 
+def _cache_headmap(path: Path | None, model_name: str, model) -> HeadMap:
+    """The head map a head-wise cache ranks KV heads by: the file given, else the shipped default for caches."""
+    from headwise.headmap import cache_headmap
+
+    headmap = HeadMap.load(path, model) if path else cache_headmap(model_name)
+    headmap.check_model(model)
+    return headmap
+
+
 def _numbers(text: str, kind: type, what: str) -> list:
     """Parse '500,1000' into numbers of `kind`."""
     try:
@@ -259,7 +268,10 @@ def niah_cmd(
     ] = "full",
     budget: Annotated[float, typer.Option(help="KV budget as a fraction of the full cache (headwise, window)")] = 0.3,
     headmap: Annotated[
-        Path | None, typer.Option(help="head map for --cache headwise; default: the shipped one")
+        Path | None,
+        typer.Option(
+            help="head map ranking KV heads for --cache headwise; default: the shipped gate map, else retrieval"
+        ),
     ] = None,
     sink: Annotated[int, typer.Option(help="sink tokens kept by windowed heads")] = 4,
     window: Annotated[int, typer.Option(help="recent tokens kept by non-retrieval heads (--cache headwise)")] = WINDOW,
@@ -296,10 +308,12 @@ def niah_cmd(
         result = run_niah(m, tok, tests, respond=respond, reader={"name": reader, "heads": heads, **options})
         method = f"reader-{unit}"
     else:
-        hm = _headmap(headmap or "retrieval", model, m) if cache == "headwise" else None
+        hm = _cache_headmap(headmap, model, m) if cache == "headwise" else None
         make_cache = cache_factory(m, cache, budget, hm, sink, window)
         result = run_niah(m, tok, tests, make_cache=make_cache, cache_name=cache)
         method = cache
+        if hm is not None:
+            result.settings["cache_ranking"] = {"kind": hm.kind, "score": hm.method.get("score", "")}
     folder = out or Path("runs") / f"niah-{_slug(model)}-{method}"
     path = result.save(folder / "results.json")
     png = result.plot(folder / "heatmap.png")

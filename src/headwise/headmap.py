@@ -284,11 +284,29 @@ def overlap(a: HeadMap, b: HeadMap, k: int = 10) -> int:
     return len(set(a.top(k)) & set(b.top(k)))
 
 
-def shipped_headmap(name: str) -> HeadMap:
-    """The head map headwise ships for a default model (measured by bench/retrieval_heads.py)."""
+def shipped_headmap(name: str, kind: str = "retrieval") -> HeadMap:
+    """A head map headwise ships for a default model: its retrieval map (bench/retrieval_heads.py), or
+    `kind="gates"`, KV heads ranked by trained gates (bench/kv_gates.py) for head-wise caches."""
     from importlib import resources
 
-    doc = resources.files("headwise.data.headmaps").joinpath(f"{name}.json")
+    if kind not in ("retrieval", "gates"):
+        raise HeadwiseError(f"shipped head maps are of kind retrieval or gates, not {kind!r}")
+    doc = resources.files("headwise.data.headmaps").joinpath(
+        f"{name}.json" if kind == "retrieval" else f"{name}-{kind}.json"
+    )
     if not doc.is_file():
-        raise HeadwiseError(f"headwise ships no head map for {name!r}; run: headwise profile --model {name}")
-    return HeadMap.from_dict(json.loads(doc.read_text("utf-8")), f"shipped head map {name}")
+        score = "" if kind == "retrieval" else f" --score {kind}"
+        raise HeadwiseError(
+            f"headwise ships no {kind} head map for {name!r}; run: headwise profile --model {name}{score}"
+        )
+    return HeadMap.from_dict(json.loads(doc.read_text("utf-8")), f"shipped {kind} head map {name}")
+
+
+def cache_headmap(name: str) -> HeadMap:
+    """The map a head-wise cache ranks KV heads by when none is given: the shipped gate map where there is
+    one (on fresh needles and prose it kept more answers at a 30% budget than the retrieval score), else the
+    shipped retrieval map."""
+    try:
+        return shipped_headmap(name, "gates")
+    except HeadwiseError:
+        return shipped_headmap(name)
