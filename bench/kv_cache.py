@@ -131,7 +131,7 @@ def main() -> None:
         "model": args.model,
         "lengths": lengths,
         "depths": depths,
-        "needles": args.needles,
+        "needles": len(needles),
         "tests": f"{len(tests)} tests ({which}, {args.book})",
         "rows": rows,
     }
