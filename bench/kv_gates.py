@@ -2,16 +2,19 @@
 
     python bench/kv_gates.py --model smollm2-135m      # ~45 min on 2 CPU cores
 
-Gates (headwise.profile.fit_gates) are trained on Pride and Prejudice with needles 7-12 of the shipped list
-at 1K-7K tokens, once per --l1. Each map then ranks the KV heads of a HeadwiseCache on kv_window.py's dev
-tests (needles 4-6, Pride and Prejudice): never the held-out needles or the book that kv_cache.py
-evaluates on. Writes bench/results/<model>/headmap-gates-<l1>.json (+ .png) and kv_gates.json / .md;
-kv_cache.py --map then evaluates the chosen map on held-out needles.
+Gates (headwise.profile.fit_gates) are trained on Pride and Prejudice at 1K-7K tokens, once per --l1, on
+--data: needles 7-12 of the shipped list (`needles`, 48 prompts), synthetic pass keys (`passkey`, 3 random
+keys, 24 prompts) and multi-value needles (`multi`, 4 lucky numbers each, 24 prompts), or a mix of them.
+Each map then ranks the KV heads of a HeadwiseCache on kv_window.py's dev tests (needles 4-6, Pride and
+Prejudice): never the held-out needles or the book that kv_cache.py evaluates on. Writes
+bench/results/<model>/<--name>.json / .md and the maps as headmap-<--name without kv_>-<l1>.json (+ .png):
+headmap-gates-1.0.json for the default name; kv_cache.py --map then evaluates a map on held-out needles.
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 from pathlib import Path
 
 from kv_cache import command_line, run_cache, save_table  # bench/ is on the path when a script here runs
@@ -20,7 +23,7 @@ from headwise.haystack import load_haystack
 from headwise.headmap import HeadMap, shipped_headmap
 from headwise.models import load_model
 from headwise.profile import GATE_STEPS, fit_gates, gate_data
-from headwise.tasks import load_needles, make_tests
+from headwise.tasks import NeedleTest, load_needles, make_multi_test, make_tests, passkey_needles
 
 
 def main() -> None:
@@ -31,6 +34,7 @@ def main() -> None:
     parser.add_argument("--l1", default="0.2,0.5,1.0", help="L1 weights on the mean gate, comma-separated")
     parser.add_argument("--steps", type=int, default=GATE_STEPS, help="training steps, one prompt each")
     parser.add_argument("--train-lengths", default="1000,2000,4000,7000")
+    parser.add_argument("--data", default="needles", help="training prompts: needles, passkey, multi, comma-separated")
     parser.add_argument("--lengths", default="1200,2400", help="lengths of the dev tests")
     parser.add_argument("--budgets", default="0.2,0.3")
     parser.add_argument("--name", default="kv_gates", help="file name of the results under bench/results/<model>/")
@@ -40,12 +44,13 @@ def main() -> None:
     model, tok = load_model(args.model)
     book = load_haystack("pride-and-prejudice")
     train_lengths = [int(x) for x in args.train_lengths.split(",")]
-    data = gate_data(model, tok, make_tests(tok, book, load_needles()[7:13], train_lengths, [0.25, 0.75], seed=11))
+    data = gate_data(model, tok, training_tests(tok, book, args.data.split(","), train_lengths))
     maps = {"headwise": HeadMap.load(args.headmap, model) if args.headmap else shipped_headmap(args.model)}
     for l1 in args.l1.split(","):
         gates = fit_gates(model, data, steps=args.steps, l1=float(l1))
-        gates.save(out / f"headmap-gates-{l1}.json")
-        gates.plot(out / f"headmap-gates-{l1}.png")
+        stem = f"headmap-{args.name.removeprefix('kv_')}-{l1}"  # headmap-gates-1.0 for the default name
+        gates.save(out / f"{stem}.json")
+        gates.plot(out / f"{stem}.png")
         maps[f"headwise-gates-{l1}"] = gates
     lengths = [int(x) for x in args.lengths.split(",")]
     tests = make_tests(tok, book, load_needles()[4:7], lengths, [0.1, 0.5, 0.9], 5)
@@ -58,10 +63,29 @@ def main() -> None:
         out / args.name,
         doc,
         f"{args.model}: KV heads ranked by trained gates vs retrieval score (dev needles)",
-        f"Command: `{command}`. Gates trained on needles 7-12 in pride-and-prejudice at {train_lengths} tokens "
-        f"(depths 0.25, 0.75), {args.steps} steps; evaluated on {len(tests)} dev tests (needles 4-6, "
+        f"Command: `{command}`. Gates trained on {args.data} ({len(data.tests)} prompts) in pride-and-prejudice "
+        f"at {train_lengths} tokens, {args.steps} steps; evaluated on {len(tests)} dev tests (needles 4-6, "
         f"pride-and-prejudice), lengths {lengths}, depths [0.1, 0.5, 0.9].",
     )
+
+
+def training_tests(tok, book, kinds: list[str], lengths: list[int]) -> list[NeedleTest]:
+    """Gate-training prompts of each kind, in `book` at `lengths`: none of them uses a needle that an
+    evaluation grid reads (needles 7-12 are only trained on; pass keys and lucky numbers are random)."""
+    makers = {
+        "needles": lambda: make_tests(tok, book, load_needles()[7:13], lengths, [0.25, 0.75], seed=11),
+        "passkey": lambda: make_tests(tok, book, passkey_needles(3, seed=11), lengths, [0.25, 0.75], seed=12),
+        "multi": lambda: [
+            make_multi_test(tok, book, 4, n, start=starts.randrange(sentences), seed=100 * i + j)
+            for i, n in enumerate(lengths)
+            for j in range(24 // len(lengths))
+        ],
+    }
+    starts, sentences = random.Random(13), book.num_sentences(tok)
+    unknown = set(kinds) - set(makers)
+    if unknown:
+        raise SystemExit(f"unknown --data {sorted(unknown)}; choose from {sorted(makers)}")
+    return [t for kind in kinds for t in makers[kind]()]
 
 
 if __name__ == "__main__":
