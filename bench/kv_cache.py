@@ -12,8 +12,9 @@ rankings), sink + window on every head, and kvpress presses, at the same budgets
         --budgets 0.3 --no-context --only full,headwise --name kv_cache-moby   # fresh needles and prose
     python bench/kv_cache.py --map mine=headmaps/mine.json --only mine                 # add a ranking
 
-HeadwiseCache ranks KV heads by the shipped retrieval map, by the shipped gate map (the default ranking
-of caches, where there is one), by a context map (how much each head's
+HeadwiseCache ranks KV heads by the shipped retrieval map, by the shipped gate map as trained (caches by
+default also order its zero-gate heads by the retrieval map, `headmap.cache_headmap`: the same full heads
+up to about 35%, rows `headwise-ties` above), by a context map (how much each head's
 output changes under sink + window) that this script profiles first on needles and a book that the
 evaluation does not use, and by any head map given as `--map NAME=PATH` (method `headwise-NAME`).
 `--only A,B` runs the methods whose name holds A or B and keeps the other rows of an earlier run. kvpress
@@ -209,7 +210,8 @@ def report(doc: dict, stem: Path) -> None:
         + "; ".join(f"`{c}`" for c in dict.fromkeys(r["command"] for r in doc["rows"]))
         + f"; {doc['tests']}, lengths {doc['lengths']}, "
         f"depths {doc['depths']}. `headwise` ranks KV heads by the shipped retrieval map, `headwise-gates` by "
-        "trained gates (the shipped gate map: what headwise caches use by default), `headwise-context` by "
+        "trained gates (the shipped gate map as trained; caches by default break its ties at 0 by the retrieval map, "
+        "rows `headwise-ties`: the same full heads at 20-30%), `headwise-context` by "
         "a context map profiled on other needles and another book, `headwise-NAME` by the map given as "
         "`--map NAME=PATH`; a `-mean` suffix scores KV heads by their query heads' mean (`--reduce mean`), "
         "not the max. "

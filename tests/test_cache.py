@@ -196,3 +196,20 @@ def test_the_default_cache_ranking_keeps_a_needle_that_sink_and_window_lose_at_3
         assert cache.nbytes() <= 0.3 * cache.full_nbytes()
     assert is_correct(needle, answers["headwise"]), answers
     assert not is_correct(needle, answers["window"]), answers  # the same bytes spent evenly lose the needle
+
+
+def test_the_default_ranking_keeps_late_layers_that_zero_gates_would_window_at_50_percent(smol):
+    from headwise.haystack import load_haystack
+    from headwise.tasks import load_needles, make_tests
+
+    model, tok = smol
+    needle = load_needles()[5]  # "Silver Albatross": the model copies "Alb" and must copy the rest
+    test = make_tests(tok, load_haystack("pride-and-prejudice"), [needle], [1200], [0.5], seed=5)[0]
+    answers = {}
+    rankings = {"default": cache_headmap("smollm2-135m"), "raw": shipped_headmap("smollm2-135m", "gates")}
+    for name, ranking in rankings.items():
+        cache = HeadwiseCache.from_headmap(model, ranking, budget=0.5, context_length=len(test.ids))
+        out = model.generate(test.ids[None], past_key_values=cache, max_new_tokens=16, do_sample=False)
+        answers[name] = tok.decode(out[0, len(test.ids) :], skip_special_tokens=True)
+    assert is_correct(needle, answers["default"]), answers
+    assert not is_correct(needle, answers["raw"]), answers  # tied zero gates rank by position: layers 27-29 last

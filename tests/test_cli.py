@@ -84,6 +84,6 @@ def test_niah_headwise_cache_defaults_to_the_shipped_gate_map(tmp_path, smol):
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     doc = json.loads((tmp_path / "results.json").read_text())
-    assert doc["settings"]["cache_ranking"]["kind"] == "gates"
+    assert doc["settings"]["cache_ranking"]["kind"] == "gates" and doc["settings"]["cache_ranking"]["tie_break"]
     outcome = doc["outcomes"][0]
     assert outcome["kv_bytes"] <= 0.3 * outcome["full_kv_bytes"] and doc["correct"] == 1, doc["outcomes"]

@@ -34,6 +34,22 @@ def test_kv_aggregate_takes_group_max_or_mean():
     assert np.isclose(hm.kv_scores("mean")[4, 1], hm.scores[4, 3:6].mean())
 
 
+def test_ties_are_broken_by_another_map_and_survive_saving(tmp_path):
+    gates = np.zeros((30, 9))
+    gates[5] = 0.9  # layer 5 is kept first, whatever the other map says
+    gates[2] = 0.9 + 1e-5  # a near-tie with layer 5
+    other = make_map()
+    ranked = HeadMap.load(HeadMap("smollm2-135m", gates, 3).with_ties_broken_by(other).save(tmp_path / "t.json"))
+    top = ranked.top(18)
+    assert {layer for layer, _ in top} == {2, 5}  # distinct scores keep their order
+    zero_tied = [h for h in ranked.top(270) if gates[h] == 0]
+    expected = [h for h in other.top(270) if gates[h] == 0]
+    assert zero_tied == expected  # the rest rank by the other map, not by position
+    assert "tie_break" in ranked.method
+    with pytest.raises(HeadwiseError):
+        ranked.with_ties_broken_by(make_map(layers=24))
+
+
 def test_native_round_trip(tmp_path):
     hm = make_map()
     hm.method = {"tests": 3}
@@ -91,7 +107,12 @@ def test_shipped_maps_by_kind_and_the_cache_default():
 
     gates = shipped_headmap("smollm2-135m", "gates")
     assert gates.kind == "gates" and gates.scores.shape == (30, 9)
-    assert cache_headmap("smollm2-135m").kind == "gates"
+    default = cache_headmap("smollm2-135m")
+    assert default.kind == "gates" and "tie_break" in default.method
+    kv, raw = default.kv_scores(), gates.kv_scores()
+    top = {name: set(np.argsort(-m, axis=None, kind="stable")[:26]) for name, m in (("ties", kv), ("raw", raw))}
+    assert top["ties"] == top["raw"]  # at 30% (26 of 90 KV heads full) the same heads stay full
+    assert (raw == 0).sum() > 30 and len(np.unique(kv)) == kv.size  # ...and no two heads tie any more
     with pytest.raises(HeadwiseError, match="retrieval or gates"):
         shipped_headmap("smollm2-135m", "context")
     with pytest.raises(HeadwiseError, match="headwise profile --model gemma3-270m"):

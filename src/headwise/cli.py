@@ -270,7 +270,8 @@ def niah_cmd(
     headmap: Annotated[
         Path | None,
         typer.Option(
-            help="head map ranking KV heads for --cache headwise; default: the shipped gate map, else retrieval"
+            help="head map ranking KV heads for --cache headwise; default: the shipped gate map (zero gates "
+            "ordered by the retrieval map), else the retrieval map"
         ),
     ] = None,
     sink: Annotated[int, typer.Option(help="sink tokens kept by windowed heads")] = 4,
@@ -313,7 +314,8 @@ def niah_cmd(
         result = run_niah(m, tok, tests, make_cache=make_cache, cache_name=cache)
         method = cache
         if hm is not None:
-            result.settings["cache_ranking"] = {"kind": hm.kind, "score": hm.method.get("score", "")}
+            ranking = {"kind": hm.kind, "score": hm.method.get("score", ""), "tie_break": hm.method.get("tie_break")}
+            result.settings["cache_ranking"] = ranking
     folder = out or Path("runs") / f"niah-{_slug(model)}-{method}"
     path = result.save(folder / "results.json")
     png = result.plot(folder / "heatmap.png")
