@@ -72,6 +72,7 @@ def main() -> None:
 def training_tests(tok, book, kinds: list[str], lengths: list[int]) -> list[NeedleTest]:
     """Gate-training prompts of each kind, in `book` at `lengths`: none of them uses a needle that an
     evaluation grid reads (needles 7-12 are only trained on; pass keys and lucky numbers are random)."""
+    starts, sentences = random.Random(13), book.num_sentences(tok)  # where each multi-value prompt's prose begins
     makers = {
         "needles": lambda: make_tests(tok, book, load_needles()[7:13], lengths, [0.25, 0.75], seed=11),
         "passkey": lambda: make_tests(tok, book, passkey_needles(3, seed=11), lengths, [0.25, 0.75], seed=12),
@@ -81,7 +82,6 @@ def training_tests(tok, book, kinds: list[str], lengths: list[int]) -> list[Need
             for j in range(24 // len(lengths))
         ],
     }
-    starts, sentences = random.Random(13), book.num_sentences(tok)
     unknown = set(kinds) - set(makers)
     if unknown:
         raise SystemExit(f"unknown --data {sorted(unknown)}; choose from {sorted(makers)}")
