@@ -13,8 +13,9 @@ rankings), sink + window on every head, and kvpress presses, at the same budgets
     python bench/kv_cache.py --map mine=headmaps/mine.json --only mine                 # add a ranking
 
 HeadwiseCache ranks KV heads by the shipped retrieval map, by the shipped gate map as trained (caches by
-default also order its zero-gate heads by the retrieval map, `headmap.cache_headmap`: the same full heads
-up to about 35%, rows `headwise-ties` above), by a context map (how much each head's
+default also order its zero-gate heads by the retrieval map, `headmap.cache_headmap`; the committed
+`headwise-gates` rows are the needles-only gates shipped before the made-up-name gates, whose default form
+is rows `headwise-names`), by a context map (how much each head's
 output changes under sink + window) that this script profiles first on needles and a book that the
 evaluation does not use, and by any head map given as `--map NAME=PATH` (method `headwise-NAME`).
 `--only A,B` runs the methods whose name holds A or B and keeps the other rows of an earlier run. kvpress
@@ -56,6 +57,7 @@ def main() -> None:
     parser.add_argument("--lengths", default="1200,2400")
     parser.add_argument("--needles", type=int, default=3, help="how many held-out needles (the list's last)")
     parser.add_argument("--needle-range", help="START:STOP: needles of the shipped list, not the held-out ones")
+    parser.add_argument("--needles-file", type=Path, help="JSON needles to use, all of them, instead of shipped ones")
     parser.add_argument("--book", default="frankenstein", help="haystack book (shipped name or a text file)")
     parser.add_argument("--depths", default="0.1,0.5,0.9")
     parser.add_argument("--seed", type=int, default=3, help="chooses where in the book each test's prose starts")
@@ -77,7 +79,9 @@ def main() -> None:
     budgets = [float(x) for x in args.budgets.split(",")]
     depths = [float(x) for x in args.depths.split(",")]
     model, tok = load_model(args.model)
-    if args.needle_range:
+    if args.needles_file:
+        needles, which = load_needles(args.needles_file), f"needles of {args.needles_file.name}"
+    elif args.needle_range:
         start, stop = (int(x) for x in args.needle_range.split(":"))
         needles, which = load_needles()[start:stop], f"needles {start + 1}-{stop}"
     else:
@@ -210,8 +214,10 @@ def report(doc: dict, stem: Path) -> None:
         + "; ".join(f"`{c}`" for c in dict.fromkeys(r["command"] for r in doc["rows"]))
         + f"; {doc['tests']}, lengths {doc['lengths']}, "
         f"depths {doc['depths']}. `headwise` ranks KV heads by the shipped retrieval map, `headwise-gates` by "
-        "trained gates (the shipped gate map as trained; caches by default break its ties at 0 by the retrieval map, "
-        "rows `headwise-ties`: the same full heads at 20-30%), `headwise-context` by "
+        "the shipped gate map as trained (every such row committed so far: the needles-only gates "
+        "headmap-gates-1.0.json, shipped until the gates trained with made-up names replaced them; rows "
+        "`headwise-ties`: its zero gates ordered by the retrieval map; rows `headwise-names`: the default now, "
+        "headmap-gates-names-ties-1.0.json), `headwise-context` by "
         "a context map profiled on other needles and another book, `headwise-NAME` by the map given as "
         "`--map NAME=PATH`; a `-mean` suffix scores KV heads by their query heads' mean (`--reduce mean`), "
         "not the max. "

@@ -198,18 +198,26 @@ def test_the_default_cache_ranking_keeps_a_needle_that_sink_and_window_lose_at_3
     assert not is_correct(needle, answers["window"]), answers  # the same bytes spent evenly lose the needle
 
 
-def test_the_default_ranking_keeps_late_layers_that_zero_gates_would_window_at_50_percent(smol):
+def test_the_default_ranking_copies_a_rare_word_token_by_token_at_30_percent(smol):
+    """The dev grid's 1.2K-token, depth-0.5 "Silver Albatross" test (kv_cache-dev.md): the model copies "Alb" and
+    must copy the rest. Gates trained without made-up-name needles wrote "Silver Albaunt" here at every budget
+    up to 90%; the default, trained with them, copies the word at 30% (it still misses 6 of the grid's 15)."""
     from headwise.haystack import load_haystack
     from headwise.tasks import load_needles, make_tests
 
     model, tok = smol
-    needle = load_needles()[5]  # "Silver Albatross": the model copies "Alb" and must copy the rest
-    test = make_tests(tok, load_haystack("pride-and-prejudice"), [needle], [1200], [0.5], seed=5)[0]
+    depths = [0.1, 0.3, 0.5, 0.7, 0.9]
+    dev = make_tests(tok, load_haystack("pride-and-prejudice"), load_needles()[4:7], [1200, 2400, 4000], depths, 5)
+    test = dev[17]  # the dev grid's order: needle, then length, then depth
+    needle = test.needle
+    assert (needle.answer, test.length, test.depth) == ("Silver Albatross", 1200, 0.5)
+    ranking = cache_headmap("smollm2-135m")
     answers = {}
-    rankings = {"default": cache_headmap("smollm2-135m"), "raw": shipped_headmap("smollm2-135m", "gates")}
-    for name, ranking in rankings.items():
-        cache = HeadwiseCache.from_headmap(model, ranking, budget=0.5, context_length=len(test.ids))
+    for name, cache in (
+        ("headwise", HeadwiseCache.from_headmap(model, ranking, 0.3, context_length=len(test.ids))),
+        ("window", cache_factory(model, "window", 0.3)(test)),
+    ):
         out = model.generate(test.ids[None], past_key_values=cache, max_new_tokens=16, do_sample=False)
         answers[name] = tok.decode(out[0, len(test.ids) :], skip_special_tokens=True)
-    assert is_correct(needle, answers["default"]), answers
-    assert not is_correct(needle, answers["raw"]), answers  # tied zero gates rank by position: layers 27-29 last
+    assert is_correct(needle, answers["headwise"]), answers
+    assert not is_correct(needle, answers["window"]), answers

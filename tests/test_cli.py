@@ -28,6 +28,7 @@ def run(*args: str):
         (["niah", "--needles", "0"], "choose between 1 and"),
         (["niah", "--cache", "bogus"], "--cache must be"),
         (["profile", "--score", "speed"], "--score must be"),
+        (["profile", "--score", "gates", "--names", "-1"], "--names must be 0 or more"),
         (["rank", "--query", "q", "--docs", "/nonexistent/docs.jsonl"], "cannot read documents"),
         (["bench", "rank", "--data", "/nonexistent"], "not a BEIR dataset"),
         (["read", "--file", "/nonexistent/book.txt", "--question", "q"], "cannot read"),

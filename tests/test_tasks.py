@@ -11,6 +11,7 @@ from headwise.tasks import (
     load_needles,
     make_multi_test,
     make_tests,
+    name_needles,
     passkey_needles,
     pick_needles,
     prompt_parts,
@@ -66,6 +67,15 @@ def test_passkeys_are_deterministic_and_distinct():
     a, b = passkey_needles(5, seed=1), passkey_needles(5, seed=1)
     assert a == b and len({n.answer for n in a}) == 5
     assert all(n.answer in n.needle for n in a)
+
+
+def test_made_up_names_are_copied_as_several_tokens(smol):
+    _, tok = smol
+    needles = name_needles(8, seed=3)
+    assert needles == name_needles(8, seed=3) and len({n.answer for n in needles}) == 8
+    for n in needles:
+        assert n.needle.endswith(f" {n.answer}.") and n.answer not in n.question
+        assert len(tok(" " + n.answer, add_special_tokens=False)["input_ids"]) >= 2  # a copy, not one familiar token
 
 
 def test_bad_inputs_are_refused(tmp_path, smol, book):

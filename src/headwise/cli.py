@@ -21,7 +21,7 @@ from headwise.errors import HeadwiseError
 from headwise.haystack import Haystack, load_haystack
 from headwise.headmap import HeadMap
 from headwise.reader import DEFAULT_CHUNK, DEFAULT_FOCUS, DEFAULT_KEEP, DEFAULT_POOL
-from headwise.tasks import Needle, NeedleTest, check_grid, load_needles, make_tests, pick_needles
+from headwise.tasks import Needle, NeedleTest, check_grid, load_needles, make_tests, name_needles, pick_needles
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Find retrieval heads and put them to work.")
 
@@ -160,6 +160,13 @@ def profile_cmd(
     ] = "retrieval",
     sink: Annotated[int, typer.Option(help="--score context|gates: sink tokens of the window view")] = 4,
     window: Annotated[int, typer.Option(help="--score context|gates: recent tokens of the window view")] = WINDOW,
+    names: Annotated[
+        int,
+        typer.Option(
+            help="--score gates: needles with a made-up name as answer, added to the training needles "
+            "(copying a rare word token by token needs heads that familiar answers do not)"
+        ),
+    ] = 3,
     out: Annotated[Path | None, typer.Option(help="head map JSON to write; a heatmap PNG is written beside it")] = None,
 ) -> None:
     """Score every attention head on needle tests; write a head map and its heatmap."""
@@ -169,6 +176,10 @@ def profile_cmd(
     if score not in ("retrieval", "context", "gates"):
         raise HeadwiseError(f"--score must be retrieval, context or gates, got {score!r}")
     grid = _grid(haystack, needles, needles_file, lengths, depths, seed, held_out=False)
+    if score == "gates":
+        if names < 0:
+            raise HeadwiseError(f"--names must be 0 or more, got {names}")
+        grid.needles += name_needles(names, seed)
     m, tok = load_model(model, dtype)
     tests = grid.tests(tok)
     if score == "context":

@@ -319,9 +319,10 @@ def shipped_headmap(name: str, kind: str = "retrieval") -> HeadMap:
 def cache_headmap(name: str) -> HeadMap:
     """The map a head-wise cache ranks KV heads by when none is given: the shipped gate map where there is
     one (on fresh needles and prose it kept more answers at a 30% budget than the retrieval score), with the
-    heads it leaves tied (on SmolLM2, 59 of 90 KV heads at gate 0) ordered by the retrieval map rather than by position;
+    heads it leaves tied (on SmolLM2, 62 of 90 KV heads at gate 0) ordered by the retrieval map rather than by position;
     else the shipped retrieval map. The tie-break changes only budgets that keep more heads full than the
-    gates leave above 0 (above about 35% on SmolLM2): there, windowing the last layers broke multi-token copies."""
+    gates leave above 0 (above about 35% on SmolLM2): there, windowing the last layers broke multi-token copies.
+    SmolLM2's gates were trained on needles and made-up-name needles (`bench/kv_gates.py --data needles,names`)."""
     retrieval = shipped_headmap(name)
     try:
         return shipped_headmap(name, "gates").with_ties_broken_by(retrieval)

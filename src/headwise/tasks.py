@@ -84,6 +84,30 @@ def passkey_needles(count: int, seed: int = 0) -> list[Needle]:
 MULTI_OWNERS = ("Captain Ward", "Aunt Miriam", "the miller Osric", "Doctor Penhallow", "the widow Tamsin", "old Elias")
 
 
+NAME_THINGS = ("boat", "horse", "house", "dog", "clock", "carriage", "mill", "ring")
+
+
+def made_up_name(rng: random.Random) -> str:
+    """A pronounceable word of three random syllables ("Dovelmarin"): no tokenizer has it as one token, so
+    repeating it back means copying several subword tokens from the context, as rare names need."""
+    syllables = [
+        rng.choice("bdfgklmnprstvz") + rng.choice("aeiou") + rng.choice(["", "", "l", "n", "r", "s"]) for _ in range(3)
+    ]
+    return "".join(syllables).capitalize()
+
+
+def name_needles(count: int, seed: int = 0) -> list[Needle]:
+    """Needles whose answer is a made-up name ("Doctor Penhallow's clock is called Vesmarol."), so that the
+    answer is copied token by token from the context rather than recalled as a familiar word."""
+    rng = random.Random(seed)
+    needles = []
+    for _ in range(count):
+        owner, thing, name = rng.choice(MULTI_OWNERS), rng.choice(NAME_THINGS), made_up_name(rng)
+        owner_s = owner[0].upper() + owner[1:]
+        needles.append(Needle(f"{owner_s}'s {thing} is called {name}.", f"What is {owner}'s {thing} called?", name))
+    return needles
+
+
 def multi_needle(count: int = 4, seed: int = 0) -> tuple[Needle, list[str]]:
     """A multi-value needle (as in RULER): `count` facts "One of the lucky numbers of X is N." hidden apart,
     and one question whose answer needs every N. Returns (the question and joined answer, the facts)."""
