@@ -55,9 +55,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--lengths", default="1200,2400")
-    parser.add_argument("--needles", type=int, default=3, help="how many held-out needles (the list's last)")
-    parser.add_argument("--needle-range", help="START:STOP: needles of the shipped list, not the held-out ones")
-    parser.add_argument("--needles-file", type=Path, help="JSON needles to use, all of them, instead of shipped ones")
+    which_needles = parser.add_mutually_exclusive_group()  # one of these chooses the needles, never two
+    which_needles.add_argument("--needles", type=int, default=3, help="how many held-out needles (the list's last)")
+    which_needles.add_argument("--needle-range", help="START:STOP: needles of the shipped list, not the held-out ones")
+    which_needles.add_argument("--needles-file", type=Path, help="JSON needles to use, all of them, not shipped ones")
     parser.add_argument("--book", default="frankenstein", help="haystack book (shipped name or a text file)")
     parser.add_argument("--depths", default="0.1,0.5,0.9")
     parser.add_argument("--seed", type=int, default=3, help="chooses where in the book each test's prose starts")
