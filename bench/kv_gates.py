@@ -4,8 +4,9 @@
 
 Gates (headwise.profile.fit_gates) are trained on Pride and Prejudice at 1K-7K tokens, once per --l1, on
 --data: needles 7-12 of the shipped list (`needles`, 48 prompts), needles whose answer is a made-up name
-(`names`, 3 names, 24 prompts), synthetic pass keys (`passkey`, 3 random keys, 24 prompts) and multi-value
-needles (`multi`, 4 lucky numbers each, 24 prompts), or a mix of them. The shipped gate map
+(`names`, 3 names, 24 prompts) or a made-up name and a common word (`phrases`, 3 names, 24 prompts),
+synthetic pass keys (`passkey`, 3 random keys, 24 prompts) and multi-value needles (`multi`, 4 lucky
+numbers each, 24 prompts), or a mix of them. The shipped gate map
 is `--data needles,names --l1 1.0 --name kv_gates-names` (headmap-gates-names-1.0.json).
 Each map then ranks the KV heads of a HeadwiseCache on kv_window.py's dev tests (needles 4-6, Pride and
 Prejudice): never the held-out needles or the book that kv_cache.py evaluates on. Writes
@@ -36,7 +37,7 @@ def main() -> None:
     parser.add_argument("--l1", default="0.2,0.5,1.0", help="L1 weights on the mean gate, comma-separated")
     parser.add_argument("--steps", type=int, default=GATE_STEPS, help="training steps, one prompt each")
     parser.add_argument("--train-lengths", default="1000,2000,4000,7000")
-    parser.add_argument("--data", default="needles", help="training prompts: needles, names, passkey, multi")
+    parser.add_argument("--data", default="needles", help="training prompts: needles, names, phrases, passkey, multi")
     parser.add_argument("--lengths", default="1200,2400", help="lengths of the dev tests")
     parser.add_argument("--budgets", default="0.2,0.3")
     parser.add_argument("--name", default="kv_gates", help="file name of the results under bench/results/<model>/")
@@ -79,6 +80,7 @@ def training_tests(tok, book, kinds: list[str], lengths: list[int]) -> list[Need
         "needles": lambda: make_tests(tok, book, load_needles()[7:13], lengths, [0.25, 0.75], seed=11),
         "passkey": lambda: make_tests(tok, book, passkey_needles(3, seed=11), lengths, [0.25, 0.75], seed=12),
         "names": lambda: make_tests(tok, book, name_needles(3, seed=11), lengths, [0.25, 0.75], seed=14),
+        "phrases": lambda: make_tests(tok, book, name_needles(3, seed=15, words=2), lengths, [0.25, 0.75], seed=16),
         "multi": lambda: [
             make_multi_test(tok, book, 4, n, start=starts.randrange(sentences), seed=100 * i + j)
             for i, n in enumerate(lengths)

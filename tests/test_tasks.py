@@ -76,6 +76,11 @@ def test_made_up_names_are_copied_as_several_tokens(smol):
     for n in needles:
         assert n.needle.endswith(f" {n.answer}.") and n.answer not in n.question
         assert len(tok(" " + n.answer, add_special_tokens=False)["input_ids"]) >= 2  # a copy, not one familiar token
+    phrases = name_needles(8, seed=3, words=2)
+    assert all(len(n.answer.split()) == 2 and n.needle.endswith(f" {n.answer}.") for n in phrases)
+    assert all(n.answer.split()[0] not in n.question for n in phrases)
+    with pytest.raises(HeadwiseError, match="1 or 2 words"):
+        name_needles(1, words=3)
 
 
 def test_bad_inputs_are_refused(tmp_path, smol, book):

@@ -87,6 +87,9 @@ MULTI_OWNERS = ("Captain Ward", "Aunt Miriam", "the miller Osric", "Doctor Penha
 NAME_THINGS = ("boat", "horse", "house", "dog", "clock", "carriage", "mill", "ring")
 
 
+NAME_SECOND_WORDS = ("Lantern", "Meadow", "Harbour", "Thistle", "Anchor", "Sparrow", "Crown", "Willow")
+
+
 def made_up_name(rng: random.Random) -> str:
     """A pronounceable word of three random syllables ("Dovelmarin"): no tokenizer has it as one token, so
     repeating it back means copying several subword tokens from the context, as rare names need."""
@@ -96,13 +99,18 @@ def made_up_name(rng: random.Random) -> str:
     return "".join(syllables).capitalize()
 
 
-def name_needles(count: int, seed: int = 0) -> list[Needle]:
+def name_needles(count: int, seed: int = 0, words: int = 1) -> list[Needle]:
     """Needles whose answer is a made-up name ("Doctor Penhallow's clock is called Vesmarol."), so that the
-    answer is copied token by token from the context rather than recalled as a familiar word."""
+    answer is copied token by token from the context rather than recalled as a familiar word. With
+    `words=2` the name goes on with a common word ("Vesmarol Lantern"), which must be copied too, not guessed."""
+    if words not in (1, 2):
+        raise HeadwiseError(f"a made-up name has 1 or 2 words, not {words}")
     rng = random.Random(seed)
     needles = []
     for _ in range(count):
         owner, thing, name = rng.choice(MULTI_OWNERS), rng.choice(NAME_THINGS), made_up_name(rng)
+        if words == 2:
+            name += " " + rng.choice(NAME_SECOND_WORDS)
         owner_s = owner[0].upper() + owner[1:]
         needles.append(Needle(f"{owner_s}'s {thing} is called {name}.", f"What is {owner}'s {thing} called?", name))
     return needles
