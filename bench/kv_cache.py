@@ -14,8 +14,9 @@ rankings), sink + window on every head, and kvpress presses, at the same budgets
 
 HeadwiseCache ranks KV heads by the shipped retrieval map, by the shipped gate map as trained (caches by
 default also order its zero-gate heads by the retrieval map, `headmap.cache_headmap`; the committed
-`headwise-gates` rows are the needles-only gates shipped before the made-up-name gates, whose default form
-is rows `headwise-names`), by a context map (how much each head's
+`headwise-gates` rows are the needles-only gates shipped before the made-up-name gates, whose tie-broken form
+is rows `headwise-names`; the default now, that map with 3 pairs of KV heads swapped by bench/kv_swaps.py, is
+rows `headwise-swapped`), by a context map (how much each head's
 output changes under sink + window) that this script profiles first on needles and a book that the
 evaluation does not use, and by any head map given as `--map NAME=PATH` (method `headwise-NAME`).
 `--only A,B` runs the methods whose name holds A or B and keeps the other rows of an earlier run. kvpress
@@ -217,8 +218,9 @@ def report(doc: dict, stem: Path) -> None:
         f"depths {doc['depths']}. `headwise` ranks KV heads by the shipped retrieval map, `headwise-gates` by "
         "the shipped gate map as trained (every such row committed so far: the needles-only gates "
         "headmap-gates-1.0.json, shipped until the gates trained with made-up names replaced them; rows "
-        "`headwise-ties`: its zero gates ordered by the retrieval map; rows `headwise-names`: the default now, "
-        "headmap-gates-names-ties-1.0.json), `headwise-context` by "
+        "`headwise-ties`: its zero gates ordered by the retrieval map; rows `headwise-names`: the default until "
+        "kv_swaps.py, headmap-gates-names-ties-1.0.json; rows `headwise-swapped`: the default now, that map with "
+        "3 pairs of KV heads swapped, headmap-gates-swapped.json), `headwise-context` by "
         "a context map profiled on other needles and another book, `headwise-NAME` by the map given as "
         "`--map NAME=PATH`; a `-mean` suffix scores KV heads by their query heads' mean (`--reduce mean`), "
         "not the max. "

@@ -107,13 +107,19 @@ def test_shipped_maps_by_kind_and_the_cache_default():
 
     gates = shipped_headmap("smollm2-135m", "gates")
     assert gates.kind == "gates" and gates.scores.shape == (30, 9)
-    default = cache_headmap("smollm2-135m")
-    assert default.kind == "gates" and "tie_break" in default.method
-    kv, raw = default.kv_scores(), gates.kv_scores()
+    ties = gates.with_ties_broken_by(shipped_headmap("smollm2-135m"))
+    kv, raw = ties.kv_scores(), gates.kv_scores()
     top = {name: set(np.argsort(-m, axis=None, kind="stable")[:26]) for name, m in (("ties", kv), ("raw", raw))}
     assert top["ties"] == top["raw"]  # at 30% (26 of 90 KV heads full) the same heads stay full
     assert (raw == 0).sum() > 30 and len(np.unique(kv)) == kv.size  # ...and no two heads tie any more
-    with pytest.raises(HeadwiseError, match="retrieval or gates"):
+    default = cache_headmap("smollm2-135m")  # the shipped cache map: those gates with 3 pairs of KV heads swapped
+    assert default.kind == "gates" and "tie_break" in default.method and "swaps" in default.method
+    swapped = default.kv_scores()
+    moved = ~np.isclose(swapped, kv, rtol=0, atol=1e-5)  # the saved map keeps 6 decimals
+    assert moved.sum() == 6 and np.allclose(np.sort(swapped[moved]), np.sort(kv[moved]), atol=1e-5)
+    recorded = {head for pair in default.method["swaps"] for head in pair}  # "layer,KV head" in and out
+    assert {f"{layer},{head}" for layer, head in np.argwhere(moved)} == recorded
+    with pytest.raises(HeadwiseError, match="retrieval, gates or cache"):
         shipped_headmap("smollm2-135m", "context")
     with pytest.raises(HeadwiseError, match="headwise profile --model gemma3-270m"):
         cache_headmap("gemma3-270m")  # no shipped map of either kind: says how to make one

@@ -281,8 +281,8 @@ def niah_cmd(
     headmap: Annotated[
         Path | None,
         typer.Option(
-            help="head map ranking KV heads for --cache headwise; default: the shipped gate map (zero gates "
-            "ordered by the retrieval map), else the retrieval map"
+            help="head map ranking KV heads for --cache headwise; default: the shipped cache map (gates, zero "
+            "gates ordered by the retrieval map, 3 pairs of KV heads swapped), else the gate or retrieval map"
         ),
     ] = None,
     sink: Annotated[int, typer.Option(help="sink tokens kept by windowed heads")] = 4,

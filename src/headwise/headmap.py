@@ -6,6 +6,7 @@ DuoAttention's layers x KV-heads TSV are read and written too, so patterns move 
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -299,17 +300,18 @@ def overlap(a: HeadMap, b: HeadMap, k: int = 10) -> int:
 
 
 def shipped_headmap(name: str, kind: str = "retrieval") -> HeadMap:
-    """A head map headwise ships for a default model: its retrieval map (bench/retrieval_heads.py), or
-    `kind="gates"`, KV heads ranked by trained gates (bench/kv_gates.py) for head-wise caches."""
+    """A head map headwise ships for a default model: its retrieval map (bench/retrieval_heads.py),
+    `kind="gates"`, KV heads ranked by trained gates (bench/kv_gates.py), or `kind="cache"`, the exact
+    ranking head-wise caches use by default where it is more than the gates (bench/kv_swaps.py)."""
     from importlib import resources
 
-    if kind not in ("retrieval", "gates"):
-        raise HeadwiseError(f"shipped head maps are of kind retrieval or gates, not {kind!r}")
+    if kind not in ("retrieval", "gates", "cache"):
+        raise HeadwiseError(f"shipped head maps are of kind retrieval, gates or cache, not {kind!r}")
     doc = resources.files("headwise.data.headmaps").joinpath(
         f"{name}.json" if kind == "retrieval" else f"{name}-{kind}.json"
     )
     if not doc.is_file():
-        score = "" if kind == "retrieval" else f" --score {kind}"
+        score = " --score gates" if kind == "gates" else ""
         raise HeadwiseError(
             f"headwise ships no {kind} head map for {name!r}; run: headwise profile --model {name}{score}"
         )
@@ -317,12 +319,15 @@ def shipped_headmap(name: str, kind: str = "retrieval") -> HeadMap:
 
 
 def cache_headmap(name: str) -> HeadMap:
-    """The map a head-wise cache ranks KV heads by when none is given: the shipped gate map where there is
-    one (on fresh needles and prose it kept more answers at a 30% budget than the retrieval score), with the
-    heads it leaves tied (on SmolLM2, 62 of 90 KV heads at gate 0) ordered by the retrieval map rather than by position;
-    else the shipped retrieval map. The tie-break changes only budgets that keep more heads full than the
-    gates leave above 0 (above about 35% on SmolLM2): there, windowing the last layers broke multi-token copies.
-    SmolLM2's gates were trained on needles and made-up-name needles (`bench/kv_gates.py --data needles,names`)."""
+    """The map a head-wise cache ranks KV heads by when none is given: the shipped cache map where there is
+    one; else the shipped gate map (on fresh needles and prose it kept more answers at a 30% budget than the
+    retrieval score) with the heads it leaves tied ordered by the retrieval map rather than by position; else
+    the shipped retrieval map. SmolLM2's cache map is its gate map (trained on needles and made-up-name
+    needles, `bench/kv_gates.py --data needles,names`) with the 62 of 90 KV heads at gate 0 so ordered
+    (windowing the last layers broke multi-token copies above a 35% budget), then 3 pairs of KV heads swapped
+    by what each one alone costs the answers at 30% (`bench/kv_swaps.py`)."""
+    with contextlib.suppress(HeadwiseError):
+        return shipped_headmap(name, "cache")
     retrieval = shipped_headmap(name)
     try:
         return shipped_headmap(name, "gates").with_ties_broken_by(retrieval)
