@@ -28,7 +28,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from headwise.cache import HeadwiseCache, HeadwiseLayer
-from headwise.generate import MAX_NEW_TOKENS, stop_ids
+from headwise.generate import answer_text, greedy_tokens
 from headwise.haystack import load_haystack
 from headwise.headmap import HeadMap, cache_headmap
 from headwise.models import load_model, model_shape, sliding_layers
@@ -85,15 +85,10 @@ def measure(model, tok, headmap: HeadMap, test: NeedleTest, budget: float) -> di
     """The full cache's greedy answer, and how its log-prob moves as each KV head alone changes side
     (None when the full cache answers wrong: there is nothing to keep)."""
     cache = DynamicCache(config=model.config)
-    out = model(test.ids[None], past_key_values=cache, use_cache=True, logits_to_keep=1)
-    keys = [layer.keys.clone() for layer in cache.layers]
-    values = [layer.values.clone() for layer in cache.layers]
-    stops = stop_ids(model, tok)
-    answer = [int(out.logits[0, -1].argmax())]
-    while answer[-1] not in stops and len(answer) < MAX_NEW_TOKENS:
-        out = model(torch.tensor([answer[-1:]]), past_key_values=cache, use_cache=True)
-        answer.append(int(out.logits[0, -1].argmax()))
-    text = tok.decode([t for t in answer if t not in stops], skip_special_tokens=True).strip()
+    answer = greedy_tokens(model, tok, test.ids, cache=cache)
+    keys = [layer.keys[:, :, : len(test.ids)] for layer in cache.layers]  # the prompt's, shared by all variants
+    values = [layer.values[:, :, : len(test.ids)] for layer in cache.layers]
+    text = answer_text(model, tok, answer)
     if not is_correct(test.needle, text):
         return None
     default = HeadwiseCache.from_headmap(model, headmap, budget, context_length=len(test.ids))

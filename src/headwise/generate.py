@@ -30,9 +30,29 @@ def greedy(
     on_step: Callable[[int, int], None] | None = None,
     cache: Cache | None = None,
 ) -> str:
-    """Greedy answer to the 1-D prompt `ids`. After each decode (query length 1) step, `on_step(token,
-    seq_len)` gets the token that step produced and the sequence length its query attended to.
-    `cache` (default: a fresh DynamicCache) lets a caller decode with a compressed KV cache."""
+    """Greedy answer to the 1-D prompt `ids` as text (greedy_tokens, decoded without its stop token)."""
+    return answer_text(model, tokenizer, greedy_tokens(model, tokenizer, ids, max_new_tokens, on_step, cache))
+
+
+def answer_text(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, produced: list[int]) -> str:
+    """The text of produced token ids, stop tokens and special tokens left out."""
+    stops = stop_ids(model, tokenizer)
+    return tokenizer.decode([t for t in produced if t not in stops], skip_special_tokens=True).strip()
+
+
+@torch.inference_mode()
+def greedy_tokens(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    ids: torch.Tensor,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    on_step: Callable[[int, int], None] | None = None,
+    cache: Cache | None = None,
+) -> list[int]:
+    """Greedy answer to the 1-D prompt `ids`: the token ids produced, a stop token last if one came. After
+    each decode (query length 1) step, `on_step(token, seq_len)` gets the token that step produced and the
+    sequence length its query attended to. `cache` (default: a fresh DynamicCache) lets a caller decode
+    with a compressed KV cache, or read the prompt's keys and values afterwards."""
     control = control_of(model)
     stops = stop_ids(model, tokenizer)
     cache = DynamicCache(config=model.config) if cache is None else cache
@@ -50,4 +70,4 @@ def greedy(
         produced.append(token)
         if on_step is not None:
             on_step(token, seq_len)
-    return tokenizer.decode([t for t in produced if t not in stops], skip_special_tokens=True).strip()
+    return produced
