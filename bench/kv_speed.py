@@ -31,13 +31,13 @@ def child(args: argparse.Namespace) -> None:
 
     from headwise.cache import HeadwiseCache, kv_nbytes
     from headwise.haystack import load_haystack
-    from headwise.headmap import HeadMap, shipped_headmap
+    from headwise.headmap import HeadMap, cache_headmap
     from headwise.models import load_model
     from headwise.tasks import load_needles, make_test
 
     cache_kind, chunk = METHODS[args.method]
     model, tok = load_model(args.model)
-    headmap = HeadMap.load(args.headmap) if args.headmap else shipped_headmap(args.model)
+    headmap = HeadMap.load(args.headmap) if args.headmap else cache_headmap(args.model)
     test = make_test(tok, load_haystack("frankenstein"), load_needles()[-1], args.length, 0.5, start=100)
     ids = test.ids[None]
     if cache_kind == "full":
@@ -97,7 +97,7 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=8000)
     parser.add_argument("--budget", type=float, default=0.3)
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--headmap", help="head map for the headwise cache (default: the shipped one)")
+    parser.add_argument("--headmap", help="head map ranking the KV heads (default: the shipped cache map)")
     parser.add_argument("--method", choices=METHODS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.method:
@@ -115,6 +115,7 @@ def main() -> None:
     doc = {
         "command": "python bench/kv_speed.py " + " ".join(sys.argv[1:]),
         "budget": args.budget,
+        "headmap": args.headmap or f"cache_headmap({args.model!r})",
         "new_tokens": args.new_tokens,
         "rows": rows,
         "decode_speedup": round(rows[-1]["decode_tok_s"] / full["decode_tok_s"], 2),
@@ -123,8 +124,9 @@ def main() -> None:
     lines = [
         f"# {args.model}: decode speed and peak memory at {full['length']} tokens",
         "",
-        f"Command: `{doc['command']}`; budget {args.budget:.0%}, {args.new_tokens} new tokens, float32, "
-        "one process per method. Peak RSS is the whole process's high-water mark during generate().",
+        f"Command: `{doc['command']}`; head map `{doc['headmap']}`, budget {args.budget:.0%}, "
+        f"{args.new_tokens} new tokens, float32, one process per method. "
+        "Peak RSS is the whole process's high-water mark during generate().",
         "",
         "| method | prefill s | decode tok/s | RSS before MB | peak RSS MB | KV held MB | full KV MB |",
         "|---|---|---|---|---|---|---|",

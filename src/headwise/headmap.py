@@ -329,7 +329,6 @@ def cache_headmap(name: str) -> HeadMap:
     with contextlib.suppress(HeadwiseError):
         return shipped_headmap(name, "cache")
     retrieval = shipped_headmap(name)
-    try:
+    with contextlib.suppress(HeadwiseError):
         return shipped_headmap(name, "gates").with_ties_broken_by(retrieval)
-    except HeadwiseError:
-        return retrieval
+    return retrieval
