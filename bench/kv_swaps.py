@@ -25,9 +25,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
-from headwise.cache import HeadwiseCache, HeadwiseLayer
+from headwise.cache import HeadwiseCache
 from headwise.generate import answer_text, greedy_tokens
 from headwise.haystack import load_haystack
 from headwise.headmap import HeadMap, cache_headmap
@@ -99,16 +98,9 @@ def measure(model, tok, headmap: HeadMap, test: NeedleTest, budget: float) -> di
     def score(kept: set[Head]) -> float:
         """Log-prob of the answer's tokens after the first (which the shared prefill fixes) with `kept` full."""
         held = [[h for h in range(shape.num_kv_heads) if (layer, h) in kept] for layer in range(shape.num_layers)]
-        layers = []
-        for layer, heads in enumerate(held):
-            part = (
-                DynamicLayer()
-                if len(heads) == shape.num_kv_heads
-                else HeadwiseLayer(heads, shape.num_kv_heads, default.sink, default.window)
-            )
+        variant = HeadwiseCache.for_heads(model, held, default.sink, default.window)
+        for layer, part in enumerate(variant.layers):
             part.update(keys[layer], values[layer])
-            layers.append(part)
-        variant = HeadwiseCache(layers, held, default.sink, default.window)
         logits = model(torch.tensor([answer[:-1]]), past_key_values=variant, use_cache=True).logits[0]
         return float(logits.float().log_softmax(-1)[torch.arange(len(answer) - 1), answer[1:]].sum())
 

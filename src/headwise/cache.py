@@ -188,15 +188,22 @@ class HeadwiseCache(Cache):
         full: list[list[int]] = [[] for _ in range(shape.num_layers)]
         for i in order:
             full[int(i // shape.num_kv_heads)].append(int(i % shape.num_kv_heads))
+        return cls.for_heads(model, full, sink, window)
+
+    @classmethod
+    def for_heads(cls, model: PreTrainedModel, full: list[list[int]], sink: int, window: int) -> HeadwiseCache:
+        """An empty cache keeping in full the KV heads listed per layer and sink + window for the others; a
+        model's sliding-window layers keep their own cache layer (and count as full)."""
+        shape, sliding = model_shape(model), sliding_layers(model)
+        full = [list(range(shape.num_kv_heads)) if layer in sliding else heads for layer, heads in enumerate(full)]
         layers: list[CacheLayerMixin] = []
-        for layer in range(shape.num_layers):
+        for layer, heads in enumerate(full):
             if layer in sliding:  # already windowed by the model: keep its own cache layer
                 layers.append(DynamicSlidingWindowLayer(sliding_window=sliding[layer]))
-                full[layer] = list(range(shape.num_kv_heads))
-            elif len(full[layer]) == shape.num_kv_heads:
+            elif len(heads) == shape.num_kv_heads:
                 layers.append(DynamicLayer())
             else:
-                layers.append(HeadwiseLayer(full[layer], shape.num_kv_heads, sink, window))
+                layers.append(HeadwiseLayer(heads, shape.num_kv_heads, sink, window))
         control_of(model)  # make sure the model attends through the function that understands this cache
         return cls(layers, full, sink, window)
 
