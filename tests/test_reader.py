@@ -3,23 +3,15 @@
 import numpy as np
 import pytest
 
+from headwise.apps.config import MAX_UNIT_TOKENS, ReaderConfig
+from headwise.apps.reader import Answer, Passage, Selection, answer_prompt, read
+from headwise.apps.units import choose, make_units, split_chunks
+from headwise.core.needles import Needle
+from headwise.core.shipped import shipped_headmap
+from headwise.core.text import load_text
 from headwise.errors import HeadwiseError
-from headwise.headmap import shipped_headmap
-from headwise.niah import run_niah
-from headwise.rank import head_weights
-from headwise.reader import (
-    MAX_UNIT_TOKENS,
-    Selection,
-    answer_prompt,
-    choose,
-    evidence,
-    load_text,
-    make_units,
-    needle_reader,
-    read,
-    split_chunks,
-)
-from headwise.tasks import Needle, make_multi_test
+from headwise.eval.niah import run_niah
+from headwise.eval.tasks import make_multi_test
 
 
 def test_units_cover_the_text_and_chunks_respect_their_size():
@@ -39,7 +31,17 @@ def test_units_cover_the_text_and_chunks_respect_their_size():
 def test_choose_fills_the_budget_best_first_and_evidence_merges_neighbours():
     picked = choose(np.array([0.1, 0.9, 0.5, 0.8]), np.array([10, 30, 10, 25]), budget=50)
     assert sorted(picked.tolist()) == [0, 1, 2]  # 30 + 10 + 10: the 25-token unit does not fit after the 30
-    assert evidence(np.array([[0, 3], [3, 8], [9, 12], [20, 25]])) == [(0, 12), (20, 25)]
+    passages = [
+        Passage(20, 25, 1.0, True),
+        Passage(0, 3, 0.5, True),
+        Passage(3, 8, 0.4, True),
+        Passage(9, 12, 0.2, True),
+    ]
+    answer = Answer("", [*passages, Passage(30, 40, 0.1, False)], 0, 0, 0.0)
+    assert answer.evidence == [(0, 12), (20, 25)]  # given passages in input order, neighbours merged
+    source = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
+    assert answer.quotes(source, 2) == ["uvwxy", "abc"]  # best first
+    assert answer.quotes(source, given_only=False)[-1] == source[30:40]
 
 
 def test_answer_prompt_merges_neighbours_orders_by_score_and_drops_weak_passages(smol):
@@ -69,9 +71,10 @@ def test_the_reader_keeps_the_needle_across_chunks_and_answers(smol, book):
     needle = Needle("The ferryman's dog is named Biscuit.", "What is the name of the ferryman's dog?", "Biscuit")
     ids, _ = book.cut(tok, 3000, 40, np.asarray(tok(" " + needle.needle, add_special_tokens=False)["input_ids"]), 0.3)
     text = tok.decode(ids)
-    answer = read(model, tok, text, needle.question, shipped_headmap("smollm2-135m"), chunk=512, keep=128)
+    answer = read(model, tok, text, needle.question, shipped_headmap("smollm2-135m"), ReaderConfig(chunk=512, keep=128))
     assert answer.chunks >= 5
-    assert any(needle.needle in quote for quote in answer.quotes(text)), answer.quotes(text)
+    assert needle.needle in answer.quotes(text, 1)[0], answer.quotes(text)  # the best passage holds it
+    assert answer.passages[0].score == 1.0 and all(p.score <= 1.0 for p in answer.passages)
     assert "biscuit" in answer.text.lower(), answer.text
     assert sum(b - a for a, b in answer.evidence) < len(text) / 8  # it answered from a small part
 
@@ -80,10 +83,10 @@ def test_multi_needle_facts_are_all_kept_when_the_budget_allows(smol, book):
     model, tok = smol
     test = make_multi_test(tok, book, 4, 2500, start=7)
     assert len(test.facts) == 4 and all(f in tok.decode(test.ids) for f in test.facts)
-    options = {"chunk": 512, "keep": 192, "focus": 0.0}  # focus 0: answer from every kept passage
-    respond = needle_reader(model, tok, head_weights(model, shipped_headmap("smollm2-135m")), **options)
-    result = run_niah(model, tok, [test], progress=False, respond=respond, reader=options)
+    config = ReaderConfig(chunk=512, keep=192, focus=0.0)  # focus 0: answer from every kept passage
+    result = run_niah(model, tok, [test], headmap=shipped_headmap("smollm2-135m"), reader=config, progress=False)
     assert result.outcomes[0].kept_needle, result.outcomes[0]
+    assert result.settings["method"] == "reader-sentence" and result.settings["reader"]["keep"] == 192
 
 
 def test_bad_reader_input_is_refused(smol, tmp_path):
@@ -93,14 +96,32 @@ def test_bad_reader_input_is_refused(smol, tmp_path):
     with pytest.raises(HeadwiseError, match="question"):
         read(model, tok, "Some text.", " ")
     with pytest.raises(HeadwiseError, match="window"):
-        read(model, tok, "Some text.", "What?", chunk=9000)
+        read(model, tok, "Some text.", "What?", config=ReaderConfig(chunk=9000))
     with pytest.raises(HeadwiseError, match="unit"):
-        read(model, tok, "Some text.", "What?", unit="paragraph")
+        ReaderConfig(unit="paragraph")
     with pytest.raises(HeadwiseError, match="focus"):
-        read(model, tok, "Some text.", "What?", focus=1.5)
+        ReaderConfig(focus=1.5)
     (tmp_path / "bin").write_bytes(b"\x89PNG\x00\x00\x01")
     (tmp_path / "empty.txt").write_text("")
     (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
     for name, message in (("bin", "binary"), ("empty.txt", "empty"), ("latin1.txt", "UTF-8"), ("none", "cannot read")):
         with pytest.raises(HeadwiseError, match=message):
             load_text(tmp_path / name)
+
+
+def test_the_reader_skips_a_gutenberg_header_and_licence(smol, book):
+    """With the START/END markers of a Project Gutenberg file around it, only the body is read: no passage
+    comes from the header or the licence, however much they mention the question's words."""
+    model, tok = smol
+    needle = Needle(
+        "The lighthouse keeper's cat is called Marmalade.", "What is the lighthouse keeper's cat called?", "Marmalade"
+    )
+    ids, _ = book.cut(tok, 1500, 90, np.asarray(tok(" " + needle.needle, add_special_tokens=False)["input_ids"]), 0.6)
+    header = "The Project Gutenberg eBook of cats. The keeper's cat is called Tom in this licence.\n"
+    licence = "\n*** END OF THE PROJECT GUTENBERG EBOOK CATS ***\nThe lighthouse keeper's cat licence terms.\n"
+    text = header + "*** START OF THE PROJECT GUTENBERG EBOOK CATS ***\n" + tok.decode(ids) + licence
+    body = (text.index("*** START"), text.index("\n*** END"))
+    answer = read(model, tok, text, needle.question, shipped_headmap("smollm2-135m"), ReaderConfig(chunk=512, keep=128))
+    assert all(body[0] < p.start and p.end <= body[1] for p in answer.passages)
+    assert needle.needle in " ".join(answer.quotes(text)), answer.quotes(text)
+    assert "marmalade" in answer.text.lower(), answer.text

@@ -2,20 +2,18 @@
 
 import pytest
 
+from headwise.core.needles import Needle, is_correct, rouge1_recall
+from headwise.core.prompts import reading_prompt
 from headwise.errors import HeadwiseError
-from headwise.haystack import load_haystack
-from headwise.tasks import (
-    Needle,
+from headwise.eval.haystack import load_haystack
+from headwise.eval.tasks import (
     context_text,
-    is_correct,
     load_needles,
     make_multi_test,
     make_tests,
     name_needles,
     passkey_needles,
     pick_needles,
-    prompt_parts,
-    rouge1_recall,
 )
 
 
@@ -24,11 +22,11 @@ def test_context_is_exact_in_tokens_and_needle_sits_at_a_sentence_boundary(smol,
     needles = load_needles()[:3]
     tests = make_tests(tok, book, needles, [300, 700], [0.0, 0.5, 1.0], seed=3)
     for t in tests:
-        head, tail = prompt_parts(tok, t.needle.question)
-        assert len(t.ids) == len(head) + t.length + len(tail)
+        prefix, suffix = reading_prompt(tok, t.needle.question)
+        assert len(t.ids) == len(prefix) + t.length + len(suffix)
         assert t.needle_ids.tolist() == tok(" " + t.needle.needle, add_special_tokens=False)["input_ids"]
-        if t.span[0] > len(head):
-            before = tok.decode(t.ids[len(head) : t.span[0]]).rstrip()
+        if t.span[0] > len(prefix):
+            before = tok.decode(t.ids[len(prefix) : t.span[0]]).rstrip()
             assert before[-1] in ".!?\"'”’)", before[-40:]
     deep = [t.span[0] for t in tests if t.needle == needles[0] and t.length == 700]
     assert deep[0] < deep[1] < deep[2]
@@ -53,8 +51,8 @@ def test_scorer_wants_more_than_half_the_answer():
 def test_multi_needle_facts_are_spread_in_order_at_exact_length(smol, book):
     _, tok = smol
     test = make_multi_test(tok, book, 4, 2000, start=5, seed=1)
-    head, tail = prompt_parts(tok, test.needle.question)
-    assert len(test.ids) == len(head) + 2000 + len(tail)
+    prefix, suffix = reading_prompt(tok, test.needle.question)
+    assert len(test.ids) == len(prefix) + 2000 + len(suffix)
     context = context_text(tok, test)
     places = [context.find(f) for f in test.facts]
     assert all(p >= 0 for p in places) and places == sorted(places)

@@ -2,41 +2,21 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from transformers import PreTrainedTokenizerBase
 
+from headwise.core.text import clean_prose, tokenize_sentences
 from headwise.errors import HeadwiseError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 BOOKS = ("frankenstein", "pride-and-prejudice", "moby-dick")
 DEFAULT_BOOK = "frankenstein"
-_PROSE_END = ".!?\"'”’)"
-_GUTENBERG = re.compile(r"\*\*\* START OF[^\n]*\n(.*?)\n\*\*\* END OF", re.S)
-# A sentence starts after . ! or ? (optionally closed by quotes or brackets) and whitespace, at a capital or quote.
-_SENTENCE_START = re.compile(r"(?<=[.!?])[\"'”’)\]]*\s+(?=[\"“‘'(]?[A-Z])")
-
-
-def clean_text(raw: str) -> str:
-    """Keep a Gutenberg book's body; join wrapped lines; drop short lines such as headings and contents."""
-    match = _GUTENBERG.search(raw)
-    body = match.group(1) if match else raw
-    paragraphs = (" ".join(p.split()) for p in re.split(r"\n\s*\n", body))
-    return "\n\n".join(p for p in paragraphs if len(p) >= 80 and p[-1] in _PROSE_END)
-
-
-def tokenize_sentences(tokenizer: PreTrainedTokenizerBase, text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(token ids, (start, end) character offsets per token, sorted token indices that begin a sentence)."""
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids = np.asarray(enc["input_ids"], dtype=np.int64)
-    offsets = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
-    chars = np.asarray([0] + [m.end() for m in _SENTENCE_START.finditer(text)])
-    # A sentence begins at the first token that reaches the whitespace before it (or its first letter).
-    bounds = np.unique(np.searchsorted(offsets[:, 1], chars - 1, side="right"))
-    return ids, offsets, bounds
 
 
 @dataclass
@@ -110,7 +90,7 @@ def load_haystack(name_or_path: str = DEFAULT_BOOK) -> Haystack:
     """A shipped book by name (frankenstein, pride-and-prejudice, moby-dick) or a UTF-8 text file."""
     if name_or_path in BOOKS:
         raw = resources.files("headwise.data.books").joinpath(f"{name_or_path}.txt").read_text("utf-8")
-        return Haystack(name_or_path, clean_text(raw))
+        return Haystack(name_or_path, clean_prose(raw))
     path = Path(name_or_path).expanduser()
     try:
         raw = path.read_text("utf-8")
@@ -120,7 +100,7 @@ def load_haystack(name_or_path: str = DEFAULT_BOOK) -> Haystack:
         ) from None
     except (UnicodeDecodeError, IsADirectoryError, PermissionError) as exc:
         raise HeadwiseError(f"cannot read haystack file {path}: {exc}; give a UTF-8 text file") from None
-    text = clean_text(raw)
+    text = clean_prose(raw)
     if len(text) < 2000:
         raise HeadwiseError(
             f"haystack file {path} has too little prose ({len(text)} characters after cleaning); give a longer text"

@@ -15,9 +15,11 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from headwise.apps.rank import Doc, attention_scores
+from headwise.apps.spans import head_weights
+from headwise.core.headmap import HeadMap
 from headwise.errors import HeadwiseError
-from headwise.headmap import HeadMap
-from headwise.rank import Doc, attention_scores, head_weights
+from headwise.plots import rank_chart
 
 LATENCY_SIZES = (10, 20, 40)
 
@@ -185,25 +187,5 @@ def write_rank_report(doc: dict, out: Path) -> str:
     ]
     text = "\n".join(lines) + "\n"
     (out / f"{name}.md").write_text(text)
-    plot_rank(doc["rows"], doc["latency"], out / f"{name}.png", doc["model"])
+    rank_chart(doc["rows"], doc["latency"], f"{doc['model']}: SciFact re-ranking", out / f"{name}.png")
     return text
-
-
-def plot_rank(rows: list[dict], latency: list[dict], path: Path, model: str) -> None:
-    """nDCG@10 per method, and latency against the number of documents."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [2, 1]})
-    a.barh([r["method"] for r in rows][::-1], [r["ndcg@10"] for r in rows][::-1], color="#2a7")
-    a.set_xlabel("nDCG@10")
-    b.plot([r["docs"] for r in latency], [r["seconds"] for r in latency], "o-")
-    b.set_xlabel("documents per query")
-    b.set_ylabel("seconds per query")
-    b.set_ylim(bottom=0)
-    fig.suptitle(f"{model}: SciFact re-ranking")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

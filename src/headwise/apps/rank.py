@@ -19,10 +19,12 @@ import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import DynamicSlidingWindowLayer
 
+from headwise.apps.spans import SpanProbe, head_weights
+from headwise.core.headmap import HeadMap, Top
+from headwise.core.hooks import attach
+from headwise.core.models import model_shape
+from headwise.core.prompts import PLACEHOLDER, chat_parts, encode
 from headwise.errors import HeadwiseError
-from headwise.headmap import HeadMap
-from headwise.models import model_shape
-from headwise.probe import span_probing
 
 CALIBRATION_QUERY = "N/A"
 INTRO = "Here are some paragraphs:\n\n"
@@ -66,29 +68,18 @@ def load_docs(path: str | Path) -> list[Doc]:
     return docs
 
 
-def head_weights(model: PreTrainedModel, headmap: HeadMap | None, top: int | float | str = "5%") -> np.ndarray:
-    """(layers, heads) weights: 1 for the map's `top` heads, or for every head when there is no map."""
-    shape = model_shape(model)
-    if headmap is None:
-        return np.ones((shape.num_layers, shape.num_heads))
-    headmap.check_model(model)
-    weights = np.zeros(headmap.scores.shape)
-    for head in headmap.top(top):
-        weights[head] = 1.0
-    return weights
-
-
 def rank(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     query: str,
     docs: list[Doc],
-    headmap: HeadMap | None = None,
-    top: int | float | str = "5%",
+    headmap: HeadMap | np.ndarray | None = None,
+    top: Top = "5%",
     max_doc_tokens: int = 300,
 ) -> list[tuple[str, float]]:
     """(doc id, score) pairs, best first: the calibrated attention the query's tokens pay each document
-    in the map's top heads (all heads without a map). Documents are cut to at most `max_doc_tokens`."""
+    in the map's `top` heads (a (layers, heads) weight array chooses any heads; all heads without a map).
+    Documents are cut to at most `max_doc_tokens` tokens."""
     weights = head_weights(model, headmap, top)
     mass, _, _ = attention_scores(model, tokenizer, query, docs, max_doc_tokens)
     scores = np.einsum("lh,lhd->d", weights, mass)
@@ -109,9 +100,9 @@ def attention_scores(
         raise HeadwiseError("the query is empty")
     if not docs:
         raise HeadwiseError("there are no documents to rank")
-    room = model_shape(model).max_positions - PROMPT_RESERVE - len(_encode(tokenizer, query))
+    room = model_shape(model).max_positions - PROMPT_RESERVE - len(encode(tokenizer, query))
     groups, cap = _pack(len(docs), room, max_doc_tokens)
-    doc_ids = [_encode(tokenizer, " " + d.text)[:cap] for d in docs]
+    doc_ids = [encode(tokenizer, " " + d.text)[:cap] for d in docs]
     shape = model_shape(model)
     mass = np.zeros((shape.num_layers, shape.num_heads, len(docs)))
     for group in groups:
@@ -137,42 +128,26 @@ def _calibrated(
     """(layers, heads, docs): attention the query's tokens pay each document (mean over its tokens),
     minus the same for the calibration query. Both passes share one prefill of the documents: each
     continues the same KV cache, which is cropped back between them, so only the queries are recomputed."""
-    head, _ = _template(tokenizer)
-    ids = _encode(tokenizer, head + INTRO)
+    before, _ = chat_parts(tokenizer, PLACEHOLDER)
+    ids = encode(tokenizer, before + INTRO)
     spans = []
     for i, doc in enumerate(docs, 1):
-        ids += _encode(tokenizer, f"[{i}]")
+        ids += encode(tokenizer, f"[{i}]")
         spans.append((len(ids), len(ids) + len(doc)))
-        ids += doc + _encode(tokenizer, "\n\n")
-    ids += _encode(tokenizer, OUTRO)
+        ids += doc + encode(tokenizer, "\n\n")
+    ids += encode(tokenizer, OUTRO)
     prefix = len(ids)
     cache = DynamicCache(config=model.config)
-    model(torch.tensor([ids], device=model.device), past_key_values=cache, use_cache=True, logits_to_keep=1)
+    model(torch.tensor([ids], device=model.device), cache=cache, use_cache=True, logits_to_keep=1)
     for layer in cache.layers:  # a model's own sliding-window layers (Gemma 3) crop back only when recording
         if isinstance(layer, DynamicSlidingWindowLayer):
             layer.activate_past_recording()
     masses = []
     for text in (query, CALIBRATION_QUERY):
-        query_ids = _encode(tokenizer, text)
-        with span_probing(model, (prefix, prefix + len(query_ids)), spans) as probe:
-            model(torch.tensor([query_ids], device=model.device), past_key_values=cache, logits_to_keep=1)
+        query_ids = encode(tokenizer, text)
+        probe = SpanProbe((prefix, prefix + len(query_ids)), spans)
+        with attach(model, probe):
+            model(torch.tensor([query_ids], device=model.device), cache=cache, logits_to_keep=1)
         cache.crop(-len(query_ids))
         masses.append(probe.mass.numpy())
     return masses[0] - masses[1]
-
-
-def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
-    """Token ids of `text`, without special tokens (the template supplies those)."""
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def _template(tokenizer: PreTrainedTokenizerBase) -> tuple[str, str]:
-    """The chat template's text before and after the user's message (plain text without a template)."""
-    if not tokenizer.chat_template:
-        return (tokenizer.bos_token or ""), "\n"
-    marker = "\x00MESSAGE\x00"
-    text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": marker}], tokenize=False, add_generation_prompt=True
-    )
-    head, tail = text.split(marker)
-    return head, tail

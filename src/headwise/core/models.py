@@ -1,4 +1,6 @@
-"""Load a causal LM and its tokenizer by short name, Hugging Face id, local directory or .gguf path."""
+"""Load a causal LM and its tokenizer by shipped name, Hugging Face id, local directory or .gguf path;
+read its attention shape. torch and transformers are imported when a model is loaded, so that the CLI
+can show its help and check its arguments without them."""
 
 from __future__ import annotations
 
@@ -6,15 +8,16 @@ import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig, PreTrainedModel, PreTrainedTokenizerBase
-from transformers.utils import logging as hf_logging
+from typing import TYPE_CHECKING
 
 from headwise.errors import HeadwiseError
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
 DEFAULT_MODEL = "smollm2-135m"
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+DTYPES = ("float32", "bfloat16", "float16")
+_DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 def _smollm2_gguf() -> Path:
@@ -40,16 +43,18 @@ def _gemma3_gguf() -> Path:
 
 
 SHIPPED = {"smollm2-135m": _smollm2_gguf, "gemma3-270m": _gemma3_gguf}
+# The trained windows of the shipped models, so that lengths can be checked before a model loads.
+SHIPPED_WINDOWS = {"smollm2-135m": 8192, "gemma3-270m": 32768}
 
 
 @dataclass(frozen=True)
 class ModelShape:
-    """The attention layout every head map and probe is keyed by."""
+    """The attention layout every head map and hook is keyed by."""
 
     num_layers: int
     num_heads: int
     num_kv_heads: int
-    max_positions: int
+    max_positions: int  # the trained context window, in tokens
 
     @property
     def group(self) -> int:
@@ -58,7 +63,7 @@ class ModelShape:
 
 
 def model_shape(model: PreTrainedModel) -> ModelShape:
-    """Read layers, query heads, KV heads and trained window from the model config."""
+    """Layers, query heads, KV heads and trained window, from the model's config."""
     cfg = model.config.get_text_config()
     heads = cfg.num_attention_heads
     return ModelShape(
@@ -67,6 +72,14 @@ def model_shape(model: PreTrainedModel) -> ModelShape:
         num_kv_heads=getattr(cfg, "num_key_value_heads", None) or heads,
         max_positions=getattr(cfg, "max_position_embeddings", None) or 2048,
     )
+
+
+def sliding_layers(model: PreTrainedModel) -> dict[int, int]:
+    """Layers the model itself runs with a sliding window (Gemma 3's local layers), with their window."""
+    cfg = model.config.get_text_config()
+    types = getattr(cfg, "layer_types", None) or []
+    window = getattr(cfg, "sliding_window", None)
+    return {i: window for i, t in enumerate(types) if t == "sliding_attention" and window}
 
 
 def model_id(model: PreTrainedModel) -> str:
@@ -100,18 +113,43 @@ def resolve(name: str) -> tuple[str, str | None]:
     return name, None
 
 
+def check_dtype(dtype: str) -> str:
+    """The canonical name of a dtype (float32, bfloat16, float16), or a HeadwiseError naming the choices."""
+    dtype = _DTYPE_ALIASES.get(dtype, dtype)
+    if dtype not in DTYPES:
+        raise HeadwiseError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    return dtype
+
+
+def default_device() -> str:
+    """cuda when a GPU is visible, else mps on Apple silicon, else cpu."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
 def load_model(
-    name: str = DEFAULT_MODEL, dtype: str = "float32", device: str = "cpu"
+    name: str = DEFAULT_MODEL, dtype: str = "float32", device: str | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load (model, tokenizer) in eval mode; GGUF weights are dequantized to `dtype`.
 
-    `name` is a shipped short name (smollm2-135m, gemma3-270m), a Hugging Face id,
-    a local model directory or a path to a .gguf file.
+    `name` is a shipped short name (smollm2-135m, gemma3-270m), a Hugging Face id, a local model
+    directory or a .gguf file. `device` is a torch device ("cpu", "cuda", "cuda:1"; default: the
+    best one visible) or "auto", which lets accelerate spread a model too large for one device.
     """
-    if dtype not in DTYPES:
-        raise HeadwiseError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+    from transformers.utils import logging as hf_logging
+
     where, gguf = resolve(name)
-    kwargs: dict = {"dtype": DTYPES[dtype], "attn_implementation": "sdpa"}
+    device = device or default_device()
+    kwargs: dict = {"dtype": getattr(torch, check_dtype(dtype)), "attn_implementation": "sdpa"}
+    if device == "auto":
+        kwargs["device_map"] = "auto"
     if gguf:
         kwargs["gguf_file"] = gguf
         kwargs["quantization_config"] = GgufConfig(dequantize=True)
@@ -133,27 +171,25 @@ def load_model(
     finally:
         tf_logger.setLevel(level)
         hf_logging.enable_progress_bar()
-    model.to(device).eval()
+    if device != "auto":
+        model.to(device)
+    model.eval()
     model.headwise_id = name
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
 
 
-def check_lengths(model: PreTrainedModel, lengths: list[int], reserve: int = 128) -> None:
-    """Refuse contexts that, with prompt and answer (`reserve` tokens), exceed the model's trained window."""
-    window = model_shape(model).max_positions
+def check_lengths(window: int, lengths: list[int], name: str, reserve: int = 128) -> None:
+    """Refuse contexts that, with prompt and answer (`reserve` tokens), exceed a `window`-token model."""
     for n in lengths:
         if n + reserve > window:
             raise HeadwiseError(
-                f"length {n} plus ~{reserve} prompt and answer tokens exceeds {model_id(model)}'s window of "
+                f"length {n} plus ~{reserve} prompt and answer tokens exceeds {name}'s window of "
                 f"{window} tokens; use lengths up to {window - reserve}"
             )
 
 
-def sliding_layers(model: PreTrainedModel) -> dict[int, int]:
-    """Layers the model itself runs with a sliding window (Gemma 3's local layers), with their window."""
-    cfg = model.config.get_text_config()
-    types = getattr(cfg, "layer_types", None) or []
-    window = getattr(cfg, "sliding_window", None)
-    return {i: window for i, t in enumerate(types) if t == "sliding_attention" and window}
+def check_model_lengths(model: PreTrainedModel, lengths: list[int], reserve: int = 128) -> None:
+    """check_lengths against a loaded model's trained window."""
+    check_lengths(model_shape(model).max_positions, lengths, model_id(model), reserve)

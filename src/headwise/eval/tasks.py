@@ -1,51 +1,24 @@
-"""Needle-in-a-haystack tests: prompt ids with the needle's exact token span, the gold answer, a scorer."""
+"""Building needle tests: needles (shipped, made up or passkeys) cut into real prose at exact depths."""
 
 from __future__ import annotations
 
 import json
 import random
-import re
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from transformers import PreTrainedTokenizerBase
 
+from headwise.core.needles import Needle, NeedleTest
+from headwise.core.prompts import reading_prompt
 from headwise.errors import HeadwiseError
-from headwise.haystack import Haystack
+from headwise.eval.grids import PROFILE_GRID, NeedleGrid, check_grid
+from headwise.eval.haystack import Haystack, load_haystack
 
-PLACEHOLDER = "<<HEADWISE-CONTEXT>>"
-INSTRUCTION = "Read the text below, then answer the question that follows it.\n\n"
-ASK = "\n\nQuestion: {question}\nAnswer in one short sentence."
-
-
-@dataclass(frozen=True)
-class Needle:
-    """A fact to hide (`needle`), the question that asks for it and the answer words that must come back."""
-
-    needle: str
-    question: str
-    answer: str
-
-
-@dataclass
-class NeedleTest:
-    """One prompt: token ids, the needle's [start, end) span in them, and where it sits."""
-
-    ids: torch.Tensor
-    span: tuple[int, int]
-    needle: Needle
-    length: int
-    depth: float
-    haystack: str
-    facts: tuple[str, ...] = ()  # multi-needle tests: the sentences hidden at several depths
-
-    @property
-    def needle_ids(self) -> torch.Tensor:
-        """The needle's token ids as they appear in the prompt."""
-        return self.ids[self.span[0] : self.span[1]]
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 def load_needles(path: str | Path | None = None) -> list[Needle]:
@@ -137,84 +110,32 @@ def make_multi_test(
     """`length` tokens of prose with the facts of `multi_needle(count, seed)` spread evenly through it;
     `depth` records the first fact's depth and `span` its tokens."""
     needle, facts = multi_needle(count, seed)
-    head, tail = prompt_parts(tokenizer, needle.question)
+    prefix, suffix = reading_prompt(tokenizer, needle.question)
     inserts = [np.asarray(tokenizer(" " + f, add_special_tokens=False)["input_ids"]) for f in facts]
     depths = [(i + 0.5) / count for i in range(count)]
     context, positions = haystack.cut_many(tokenizer, length, start, inserts, depths)
-    ids = torch.tensor(np.concatenate([head, context, tail]), dtype=torch.long)
-    begin = len(head) + positions[0]
+    ids = torch.tensor(np.concatenate([prefix, context, suffix]), dtype=torch.long)
+    begin = len(prefix) + positions[0]
     span = (begin, begin + len(inserts[0]))
     return NeedleTest(ids, span, needle, length, depths[0], haystack.name, tuple(facts))
-
-
-def words(text: str) -> list[str]:
-    """Lower-case alphanumeric words, the unit ROUGE-1 counts."""
-    return re.findall(r"[a-z0-9]+", text.lower())
-
-
-def rouge1_recall(reference: str, response: str) -> float:
-    """Share of the reference's words (with multiplicity) that the response contains."""
-    ref, got = words(reference), words(response)
-    if not ref:
-        return 0.0
-    remaining = {w: got.count(w) for w in set(got)}
-    hits = 0
-    for w in ref:
-        if remaining.get(w, 0) > 0:
-            remaining[w] -= 1
-            hits += 1
-    return hits / len(ref)
-
-
-def is_correct(needle: Needle, response: str) -> bool:
-    """A response is right when it recalls more than half of the answer's words (ROUGE-1 recall > 0.5)."""
-    return rouge1_recall(needle.answer, response) > 0.5
-
-
-def prompt_parts(tokenizer: PreTrainedTokenizerBase, question: str) -> tuple[list[int], list[int]]:
-    """Token ids before and after the context, via the chat template when the tokenizer has one."""
-    user = INSTRUCTION + PLACEHOLDER + ASK.format(question=question)
-    if tokenizer.chat_template:
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
-        )
-    else:
-        text = user + "\nAnswer:"
-    head, tail = text.split(PLACEHOLDER)
-    head_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
-    if tokenizer.bos_token_id is not None and not tokenizer.chat_template:
-        head_ids = [tokenizer.bos_token_id, *head_ids]
-    return head_ids, tokenizer(tail, add_special_tokens=False)["input_ids"]
 
 
 def make_test(
     tokenizer: PreTrainedTokenizerBase, haystack: Haystack, needle: Needle, length: int, depth: float, start: int
 ) -> NeedleTest:
     """A prompt whose context is exactly `length` tokens of prose with the needle at `depth` (0 = start, 1 = end)."""
-    head, tail = prompt_parts(tokenizer, needle.question)
+    prefix, suffix = reading_prompt(tokenizer, needle.question)
     needle_ids = np.asarray(tokenizer(" " + needle.needle, add_special_tokens=False)["input_ids"])
     context, pos = haystack.cut(tokenizer, length, start, needle_ids, depth)
-    ids = torch.tensor(np.concatenate([head, context, tail]), dtype=torch.long)
-    begin = len(head) + pos
+    ids = torch.tensor(np.concatenate([prefix, context, suffix]), dtype=torch.long)
+    begin = len(prefix) + pos
     return NeedleTest(ids, (begin, begin + len(needle_ids)), needle, length, depth, haystack.name)
 
 
 def context_text(tokenizer: PreTrainedTokenizerBase, test: NeedleTest) -> str:
     """The test's prose with its needle(s), decoded without the prompt around it: what a reader is given."""
-    head, tail = prompt_parts(tokenizer, test.needle.question)
-    return tokenizer.decode(test.ids[len(head) : len(test.ids) - len(tail)])
-
-
-def check_grid(lengths: list[int], depths: list[float]) -> None:
-    """Refuse empty grids, depths outside [0, 1] and contexts too short to hold prose and a needle."""
-    if not lengths or not depths:
-        raise HeadwiseError("needle tests need at least one length and one depth")
-    for d in depths:
-        if not 0.0 <= d <= 1.0:
-            raise HeadwiseError(f"depth {d} is outside [0, 1]; depths are fractions of the context (0 = start)")
-    for n in lengths:
-        if n < 64:
-            raise HeadwiseError(f"length {n} is too short; use at least 64 tokens")
+    prefix, suffix = reading_prompt(tokenizer, test.needle.question)
+    return tokenizer.decode(test.ids[len(prefix) : len(test.ids) - len(suffix)])
 
 
 def make_tests(
@@ -237,3 +158,16 @@ def make_tests(
         for length in lengths
         for depth in depths
     ]
+
+
+def needle_tests(
+    tokenizer: PreTrainedTokenizerBase,
+    grid: NeedleGrid = PROFILE_GRID,
+    needles: list[Needle] | None = None,
+    haystack: Haystack | None = None,
+) -> list[NeedleTest]:
+    """The tests of `grid`, its needles taken from `needles` (default: the shipped ones; the first, or the last
+    with `grid.held_out`), cut into `haystack` (default: the book the grid names)."""
+    chosen = pick_needles(load_needles() if needles is None else needles, grid.needles, grid.held_out)
+    prose = load_haystack(grid.haystack) if haystack is None else haystack
+    return make_tests(tokenizer, prose, chosen, list(grid.lengths), list(grid.depths), grid.seed)

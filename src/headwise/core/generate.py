@@ -1,0 +1,73 @@
+"""Greedy decoding, batch size 1, with a hook after every decode step for probes that read its attention."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+from transformers import Cache, DynamicCache
+
+from headwise.core.hooks import AttentionHook, attach
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+MAX_NEW_TOKENS = 32
+
+
+def stop_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    """Token ids that end an answer: the tokenizer's EOS and the generation config's EOS ids."""
+    ids = model.generation_config.eos_token_id
+    ids = set(ids if isinstance(ids, list) else [] if ids is None else [ids])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+def answer_text(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, produced: list[int]) -> str:
+    """The text of produced token ids, stop tokens and special tokens left out."""
+    stops = stop_ids(model, tokenizer)
+    return tokenizer.decode([t for t in produced if t not in stops], skip_special_tokens=True).strip()
+
+
+@torch.inference_mode()
+def greedy_tokens(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    ids: torch.Tensor,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    on_step: Callable[[int], None] | None = None,
+    cache: Cache | None = None,
+) -> list[int]:
+    """Greedy answer to the 1-D prompt `ids`: the token ids produced, a stop token last if one came. After
+    each decode step (one query row), `on_step(token)` gets the token that step produced. `cache` (default: a
+    fresh DynamicCache) lets a caller decode with a compressed cache, attached here if it is a hook, or read
+    the prompt's keys and values afterwards."""
+    stops = stop_ids(model, tokenizer)
+    cache = DynamicCache(config=model.config) if cache is None else cache
+    device = model.device
+    with attach(model, cache) if isinstance(cache, AttentionHook) else contextlib.nullcontext():
+        out = model(ids[None].to(device), cache=cache, use_cache=True, logits_to_keep=1)
+        token = int(out.logits[0, -1].argmax())
+        produced = [token]
+        while token not in stops and len(produced) < max_new_tokens:
+            out = model(torch.tensor([[token]], device=device), cache=cache, use_cache=True)
+            token = int(out.logits[0, -1].argmax())
+            produced.append(token)
+            if on_step is not None:
+                on_step(token)
+    return produced
+
+
+def greedy(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    ids: torch.Tensor,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    on_step: Callable[[int], None] | None = None,
+    cache: Cache | None = None,
+) -> str:
+    """Greedy answer to the 1-D prompt `ids` as text (greedy_tokens, decoded without its stop token)."""
+    return answer_text(model, tokenizer, greedy_tokens(model, tokenizer, ids, max_new_tokens, on_step, cache))
