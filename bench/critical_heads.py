@@ -1,6 +1,6 @@
 """Which non-retrieval heads does the model need? Zero-mask each layer, then each head of the layers that break.
 
-    python bench/critical_heads.py --model smollm2-135m      # ~6 min on 2 CPU cores
+    python -m bench.critical_heads --model smollm2-135m      # ~6 min on 2 CPU cores
 
 Zero-output masking of k random heads sometimes wrecks a small model for reasons unrelated to
 retrieval; this finds the heads responsible and shows their layer, retrieval score and sink score.
@@ -10,15 +10,11 @@ Writes bench/results/<model>/critical_heads.json and .md.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
-from headwise.ablate import DEFAULT_DEPTHS, DEFAULT_LENGTHS, accuracy, mask_heads
-from headwise.haystack import load_haystack
-from headwise.headmap import HeadMap
-from headwise.models import load_model
-from headwise.tasks import load_needles, make_tests, pick_needles
+import headwise as hw
+from bench.common import accuracy, command, results_dir, write_json
+from bench.grids import CRITICAL
 
 
 def main() -> None:
@@ -27,24 +23,17 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--tests", type=int, default=4, help="held-out needle tests per masked set")
     args = parser.parse_args()
-    out = Path(__file__).parent / "results" / args.model.replace("/", "_")
-    headmap = HeadMap.load(out / "headmap-frankenstein.json")
-    model, tok = load_model(args.model)
-    tests = make_tests(
-        tok,
-        load_haystack("frankenstein"),
-        pick_needles(load_needles(), 2, held_out=True),
-        DEFAULT_LENGTHS,
-        DEFAULT_DEPTHS,
-        seed=2,
-    )[: args.tests]
+    out = results_dir(args.model)
+    headmap = hw.HeadMap.load(out / "headmap-frankenstein.json")
+    model, tok = hw.load_model(args.model)
+    tests = hw.needle_tests(tok, CRITICAL)[: args.tests]
     baseline = accuracy(model, tok, tests, "baseline")
     layers = []
     for layer in range(headmap.num_layers):
         heads = [(layer, h) for h in range(headmap.num_heads)]
         row = {"layer": layer}
         for mode in ("zero", "uniform"):
-            with mask_heads(model, heads, mode):
+            with hw.mask_heads(model, heads, mode):
                 row[mode] = accuracy(model, tok, tests, f"layer {layer} {mode}")
         layers.append(row)
     critical = []
@@ -54,19 +43,19 @@ def main() -> None:
         for head in range(headmap.num_heads):
             entry = {"layer": row["layer"], "head": head}
             for mode in ("zero", "uniform"):
-                with mask_heads(model, [(row["layer"], head)], mode):
+                with hw.mask_heads(model, [(row["layer"], head)], mode):
                     entry[mode] = accuracy(model, tok, tests, f"L{row['layer']}H{head} {mode}")
             entry["retrieval_score"] = float(headmap.scores[row["layer"], head])
             entry["sink_score"] = float(headmap.sink[row["layer"], head]) if headmap.sink is not None else None
             critical.append(entry)
     doc = {
-        "command": "python bench/critical_heads.py " + " ".join(sys.argv[1:]),
+        "command": command(),
         "tests": len(tests),
         "baseline": baseline,
         "layers": layers,
         "heads_in_breaking_layers": critical,
     }
-    (out / "critical_heads.json").write_text(json.dumps(doc, indent=1))
+    write_json(out / "critical_heads.json", doc)
     lines = [
         f"# {args.model}: heads the model cannot lose",
         "",

@@ -1,8 +1,8 @@
 """Rank KV heads for HeadwiseCache by trained gates (DuoAttention-style) or by retrieval score, on dev needles.
 
-    python bench/kv_gates.py --model smollm2-135m      # ~45 min on 2 CPU cores
+    python -m bench.kv_gates --model smollm2-135m      # ~45 min on 2 CPU cores
 
-Gates (headwise.profile.fit_gates) are trained on Pride and Prejudice at 1K-7K tokens, once per --l1, on
+Gates (headwise.scores.gates.GateScore) are trained on Pride and Prejudice at 1K-7K tokens, once per --l1, on
 --data: needles 7-12 of the shipped list (`needles`, 48 prompts), needles whose answer is a made-up name
 (`names`, 3 names, 24 prompts) or a made-up name and a common word (`phrases`, 3 names, 24 prompts),
 synthetic pass keys (`passkey`, 3 random keys, 24 prompts) and multi-value needles (`multi`, 4 lucky
@@ -20,13 +20,13 @@ import argparse
 import random
 from pathlib import Path
 
-from kv_cache import command_line, run_cache, save_table  # bench/ is on the path when a script here runs
-
-from headwise.haystack import load_haystack
-from headwise.headmap import HeadMap, shipped_headmap
-from headwise.models import load_model
-from headwise.profile import GATE_STEPS, fit_gates, gate_data
-from headwise.tasks import NeedleTest, load_needles, make_multi_test, make_tests, name_needles, passkey_needles
+import headwise as hw
+from bench.caches import run_cache, save_table
+from bench.common import command, results_dir
+from headwise.core.needles import NeedleTest
+from headwise.eval.haystack import load_haystack
+from headwise.eval.tasks import load_needles, make_multi_test, make_tests, name_needles, passkey_needles
+from headwise.scores.gates import GATE_STEPS, GateScore, gate_data
 
 
 def main() -> None:
@@ -42,15 +42,15 @@ def main() -> None:
     parser.add_argument("--budgets", default="0.2,0.3")
     parser.add_argument("--name", default="kv_gates", help="file name of the results under bench/results/<model>/")
     args = parser.parse_args()
-    out = Path(__file__).parent / "results" / args.model.replace("/", "_")
+    out = results_dir(args.model)
     out.mkdir(parents=True, exist_ok=True)
-    model, tok = load_model(args.model)
+    model, tok = hw.load_model(args.model)
     book = load_haystack("pride-and-prejudice")
     train_lengths = [int(x) for x in args.train_lengths.split(",")]
     data = gate_data(model, tok, training_tests(tok, book, args.data.split(","), train_lengths))
-    maps = {"headwise": HeadMap.load(args.headmap, model) if args.headmap else shipped_headmap(args.model)}
+    maps = {"headwise": hw.HeadMap.load(args.headmap, model) if args.headmap else hw.shipped_headmap(args.model)}
     for l1 in args.l1.split(","):
-        gates = fit_gates(model, data, steps=args.steps, l1=float(l1))
+        gates = GateScore(steps=args.steps, l1=float(l1)).fit(model, data)
         stem = f"headmap-{args.name.removeprefix('kv_')}-{l1}"  # headmap-gates-1.0 for the default name
         gates.save(out / f"{stem}.json")
         gates.plot(out / f"{stem}.png")
@@ -60,13 +60,12 @@ def main() -> None:
     rows = [run_cache(model, tok, tests, "full", 1.0, None, 0)]
     for budget in (float(b) for b in args.budgets.split(",")):
         rows += [run_cache(model, tok, tests, name, budget, hm, 64) for name, hm in maps.items()]
-    command = command_line("kv_gates.py")
-    doc = {"command": command, "train_lengths": train_lengths, "lengths": lengths, "rows": rows}
+    doc = {"command": command(), "train_lengths": train_lengths, "lengths": lengths, "rows": rows}
     save_table(
         out / args.name,
         doc,
         f"{args.model}: KV heads ranked by trained gates vs retrieval score (dev needles)",
-        f"Command: `{command}`. Gates trained on {args.data} ({len(data.tests)} prompts) in pride-and-prejudice "
+        f"Command: `{doc['command']}`. Gates trained on {args.data} ({len(data.tests)} prompts) in pride-and-prejudice "
         f"at {train_lengths} tokens, {args.steps} steps; evaluated on {len(tests)} dev tests (needles 4-6, "
         f"pride-and-prejudice), lengths {lengths}, depths [0.1, 0.5, 0.9].",
     )

@@ -1,7 +1,7 @@
-"""Benchmark for issue #3 (speed and memory): decode speed and peak process memory at a long context,
+"""decode speed and peak process memory at a long context,
 full KV cache vs HeadwiseCache, both through model.generate().
 
-    python bench/kv_speed.py --model smollm2-135m --length 8000      # ~5 min on 2 CPU cores
+    python -m bench.kv_speed --model smollm2-135m --length 8000      # ~5 min on 2 CPU cores
 
 Each method runs in its own process so that its peak resident memory (VmHWM, reset after the model
 is loaded) is its own. Decode speed is timed between the first and last generated token, so it
@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench.common import ROOT, command, results_dir, write_json
+
 METHODS = {  # name: (cache, prefill chunk size or None)
     "full": ("full", None),
     "full, chunked prefill": ("full", 512),
@@ -26,24 +28,24 @@ METHODS = {  # name: (cache, prefill chunk size or None)
 
 def child(args: argparse.Namespace) -> None:
     """Load the model, build one needle prompt, generate with one method, print a JSON line."""
+    import contextlib
+
     import torch
     from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList
 
-    from headwise.cache import HeadwiseCache, kv_nbytes
-    from headwise.haystack import load_haystack
-    from headwise.headmap import HeadMap, cache_headmap
-    from headwise.models import load_model
-    from headwise.tasks import load_needles, make_test
+    import headwise as hw
+    from headwise.core.cache import kv_nbytes
+    from headwise.eval.tasks import make_test
 
     cache_kind, chunk = METHODS[args.method]
-    model, tok = load_model(args.model)
-    headmap = HeadMap.load(args.headmap) if args.headmap else cache_headmap(args.model)
-    test = make_test(tok, load_haystack("frankenstein"), load_needles()[-1], args.length, 0.5, start=100)
+    model, tok = hw.load_model(args.model)
+    headmap = hw.HeadMap.load(args.headmap) if args.headmap else hw.cache_headmap(args.model)
+    test = make_test(tok, hw.load_haystack("frankenstein"), hw.load_needles()[-1], args.length, 0.5, start=100)
     ids = test.ids[None]
     if cache_kind == "full":
         cache = DynamicCache(config=model.config)
     else:
-        cache = HeadwiseCache.from_headmap(model, headmap, budget=args.budget, context_length=ids.shape[-1])
+        cache = hw.HeadwiseCache.from_headmap(model, headmap, budget=args.budget, context_length=ids.shape[-1])
 
     stamps: list[float] = []
 
@@ -57,11 +59,12 @@ def child(args: argparse.Namespace) -> None:
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS mark: count only what generate adds
     before = _status("VmRSS")
     began = time.perf_counter()
-    with torch.inference_mode():
+    attached = hw.attach(model, cache) if isinstance(cache, hw.HeadwiseCache) else contextlib.nullcontext()
+    with torch.inference_mode(), attached:
         model.generate(
             ids,
             attention_mask=torch.ones_like(ids),
-            past_key_values=cache,
+            cache=cache,
             max_new_tokens=args.new_tokens,
             min_new_tokens=args.new_tokens,
             do_sample=False,
@@ -105,22 +108,21 @@ def main() -> None:
         return
     rows = []
     for method in METHODS:
-        cmd = [sys.executable, __file__, *sys.argv[1:], "--method", method]
-        done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        cmd = [sys.executable, "-m", "bench.kv_speed", *sys.argv[1:], "--method", method]
+        done = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         sys.stderr.write(f"{method}: {rows[-1]}\n")
-    out = Path(__file__).parent / "results" / args.model.replace("/", "_")
-    out.mkdir(parents=True, exist_ok=True)
+    out = results_dir(args.model)
     full = rows[0]
     doc = {
-        "command": "python bench/kv_speed.py " + " ".join(sys.argv[1:]),
+        "command": command(),
         "budget": args.budget,
         "headmap": args.headmap or f"cache_headmap({args.model!r})",
         "new_tokens": args.new_tokens,
         "rows": rows,
         "decode_speedup": round(rows[-1]["decode_tok_s"] / full["decode_tok_s"], 2),
     }
-    (out / "kv_speed.json").write_text(json.dumps(doc, indent=1))
+    write_json(out / "kv_speed.json", doc)
     lines = [
         f"# {args.model}: decode speed and peak memory at {full['length']} tokens",
         "",

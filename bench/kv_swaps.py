@@ -3,7 +3,7 @@ teacher-forced under the default HeadwiseCache at `--budget`, then with each win
 alone and each full KV head windowed alone; greedy swaps pair the best mean gain in answer log-prob with
 the cheapest mean cost while the gain is larger, and the swapped heads exchange their scores in the map.
 
-    python bench/kv_swaps.py --grids dev,fresh,fresh2 \
+    python -m bench.kv_swaps --grids dev,fresh,fresh2 \
         --headmap bench/results/smollm2-135m/headmap-gates-names-ties-1.0.json   # ~50 min on 2 CPU cores
 
 The prompt's prefill is the same for every variant (windowed heads attend to the whole prompt in a
@@ -15,8 +15,6 @@ headmap-gates-swapped.json.
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -26,21 +24,17 @@ import torch
 from tqdm import tqdm
 from transformers import DynamicCache
 
-from headwise.cache import HeadwiseCache
-from headwise.generate import answer_text, greedy_tokens
-from headwise.haystack import load_haystack
-from headwise.headmap import HeadMap, cache_headmap
-from headwise.models import load_model, model_shape, sliding_layers
-from headwise.tasks import NeedleTest, is_correct, load_needles, make_tests
+import headwise as hw
+from bench.common import command, results_dir, write_json
+from bench.grids import SWAP_GRIDS as GRIDS
+from headwise.core.cache import HeadwiseCache
+from headwise.core.generate import answer_text, greedy_tokens
+from headwise.core.headmap import HeadMap
+from headwise.core.models import model_shape, sliding_layers
+from headwise.core.needles import NeedleTest, is_correct
+from headwise.eval.haystack import load_haystack
+from headwise.eval.tasks import load_needles, make_tests
 
-BENCH = Path(__file__).parent
-# (book, needles, lengths, depths, seed) of the grids kv_cache-dev, -fresh, -fresh2 and -fresh3
-GRIDS = {
-    "dev": ("pride-and-prejudice", slice(4, 7), [1200, 2400, 4000], [0.1, 0.3, 0.5, 0.7, 0.9], 5),
-    "fresh": ("../shared/data/haystack/pg1513.txt", BENCH / "needles-fresh.json", [1500, 3000], [0.3, 0.7], 21),
-    "fresh2": ("frankenstein", BENCH / "needles-fresh2.json", [2000, 3500], [0.2, 0.6], 41),
-    "fresh3": ("moby-dick", BENCH / "needles-fresh3.json", [1800, 3000], [0.35, 0.8], 67),
-}
 Head = tuple[int, int]  # (layer, KV head)
 
 
@@ -53,10 +47,10 @@ def main() -> None:
     parser.add_argument("--max-swaps", type=int, default=3)
     parser.add_argument("--headmap", type=Path, help="the ranking to start from (default: the caches' default)")
     args = parser.parse_args()
-    model, tok = load_model(args.model)
+    model, tok = hw.load_model(args.model)
     if sliding_layers(model):
         raise SystemExit("kv_swaps.py measures models whose layers all attend globally; this one has sliding layers")
-    headmap = HeadMap.load(args.headmap, model) if args.headmap else cache_headmap(args.model)
+    headmap = HeadMap.load(args.headmap, model) if args.headmap else hw.cache_headmap(args.model)
     measured = []
     for name in args.grids.split(","):
         book, which, lengths, depths, seed = GRIDS[name]
@@ -69,12 +63,11 @@ def main() -> None:
     gains = mean_change(measured, "restored")
     costs = {h: -change for h, change in mean_change(measured, "windowed").items()}
     swaps = pick_swaps(gains, costs, args.max_swaps)
-    out = BENCH / "results" / args.model.replace("/", "_")
-    command = shlex.join(["python", "bench/kv_swaps.py", *sys.argv[1:]])
-    swapped_map(headmap, swaps, command).save(out / "headmap-gates-swapped.json")
-    doc = {"command": command, "budget": args.budget, "tests": measured, "gains": gains, "costs": costs, "swaps": swaps}
-    (out / "kv_swaps.json").write_text(json.dumps(doc, indent=1))
-    lines = report(doc)
+    out = results_dir(args.model)
+    swapped_map(headmap, swaps, command()).save(out / "headmap-gates-swapped.json")
+    doc = {"command": command(), "budget": args.budget, "tests": measured, "gains": gains, "costs": costs}
+    write_json(out / "kv_swaps.json", {**doc, "swaps": swaps})
+    lines = report({**doc, "swaps": swaps})
     (out / "kv_swaps.md").write_text("\n".join(lines) + "\n")
     sys.stdout.write("\n".join(lines) + "\n")
 
@@ -101,7 +94,8 @@ def measure(model, tok, headmap: HeadMap, test: NeedleTest, budget: float) -> di
         variant = HeadwiseCache.for_heads(model, held, default.sink, default.window)
         for layer, part in enumerate(variant.layers):
             part.update(keys[layer], values[layer])
-        logits = model(torch.tensor([answer[:-1]]), past_key_values=variant, use_cache=True).logits[0]
+        with hw.attach(model, variant):
+            logits = model(torch.tensor([answer[:-1]]), cache=variant, use_cache=True).logits[0]
         return float(logits.float().log_softmax(-1)[torch.arange(len(answer) - 1), answer[1:]].sum())
 
     base = score(full)

@@ -1,6 +1,6 @@
 """Choose the window of HeadwiseCache's non-retrieval heads, and its head ranking, on dev needles.
 
-    python bench/kv_window.py --model smollm2-135m     # ~8 min on 2 CPU cores
+    python -m bench.kv_window --model smollm2-135m     # ~8 min on 2 CPU cores
 
 At a fixed KV budget a smaller window leaves more bytes for full (retrieval) heads. This sweeps the
 window on tests that bench/kv_cache.py does not use (Pride and Prejudice, needles 5-7 of the shipped
@@ -14,13 +14,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-# bench/ is on the path when a script here runs
-from kv_cache import command_line, extra_maps, run_cache, save_table, variant
-
-from headwise.haystack import load_haystack
-from headwise.headmap import HeadMap, shipped_headmap
-from headwise.models import load_model
-from headwise.tasks import load_needles, make_tests
+import headwise as hw
+from bench.caches import extra_maps, run_cache, save_table, variant
+from bench.common import command, results_dir
+from headwise.eval.haystack import load_haystack
+from headwise.eval.tasks import load_needles, make_tests
 
 
 def main() -> None:
@@ -36,10 +34,10 @@ def main() -> None:
     parser.add_argument("--depths", default="0.1,0.5,0.9")
     parser.add_argument("--name", default="kv_window", help="file name of the results under bench/results/<model>/")
     args = parser.parse_args()
-    out = Path(__file__).parent / "results" / args.model.replace("/", "_")
+    out = results_dir(args.model)
     out.mkdir(parents=True, exist_ok=True)
-    model, tok = load_model(args.model)
-    maps = {"headwise": HeadMap.load(args.headmap, model) if args.headmap else shipped_headmap(args.model)}
+    model, tok = hw.load_model(args.model)
+    maps = {"headwise": hw.HeadMap.load(args.headmap, model) if args.headmap else hw.shipped_headmap(args.model)}
     maps |= extra_maps(args.map, model)
     lengths = [int(x) for x in args.lengths.split(",")]
     depths = [float(x) for x in args.depths.split(",")]
@@ -51,13 +49,12 @@ def main() -> None:
         for w in args.windows.split(",")
         for reduce in args.reduce.split(",")
     ]
-    command = command_line("kv_window.py")
-    doc = {"command": command, "lengths": lengths, "depths": depths, "rows": rows}
+    doc = {"command": command(), "lengths": lengths, "depths": depths, "rows": rows}
     save_table(
         out / args.name,
         doc,
         f"{args.model}: window and ranking of non-retrieval heads (dev needles)",
-        f"Command: `{command}`; {len(tests)} tests (needles 5-7, pride-and-prejudice), lengths {lengths}, "
+        f"Command: `{doc['command']}`; {len(tests)} tests (needles 5-7, pride-and-prejudice), lengths {lengths}, "
         f"depths {depths}.",
     )
 

@@ -1,8 +1,7 @@
-"""Benchmark for issue #5: attention re-ranking (ICR) of BM25 candidates on BEIR SciFact.
+"""attention re-ranking (ICR) of BM25 candidates on BEIR SciFact.
 
-    python bench/rank_scifact.py --data ../shared/data/ir/scifact --dtype bfloat16   # ~45 min on 2 CPU cores
-    python bench/rank_scifact.py --data ../shared/data/ir/scifact --dtype bfloat16 --model gemma3-270m \
-        --headmap bench/results/gemma3-270m/headmap-frankenstein.json
+    python -m bench.rank_scifact --data DIR --dtype bfloat16          # ~45 min on 2 CPU cores
+    python -m bench.rank_scifact --data DIR --dtype bfloat16 --model gemma3-270m
 
 Same as `headwise bench rank --data ...`. The data is read from the path given (BEIR layout:
 corpus.jsonl, queries.jsonl, qrels/<split>.tsv) and is not shipped: SciFact's corpus is under
@@ -18,9 +17,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from headwise.benchmarks import rank_benchmark, write_rank_report
-from headwise.headmap import HeadMap, shipped_headmap
-from headwise.models import load_model
+import headwise as hw
+from bench.common import command, results_dir
+from headwise.eval.beir import rank_benchmark, write_rank_report
 
 
 def main() -> None:
@@ -35,8 +34,8 @@ def main() -> None:
     parser.add_argument("--latency-queries", type=int, default=10)
     parser.add_argument("--headmap", type=Path, help="head map file; default: the one headwise ships for --model")
     args = parser.parse_args()
-    model, tok = load_model(args.model, args.dtype)
-    headmap = HeadMap.load(args.headmap, model) if args.headmap else shipped_headmap(args.model)
+    model, tok = hw.load_model(args.model, args.dtype)
+    headmap = hw.HeadMap.load(args.headmap, model) if args.headmap else hw.shipped_headmap(args.model)
     doc = rank_benchmark(
         model,
         tok,
@@ -47,8 +46,8 @@ def main() -> None:
         args.limit,
         args.latency_queries,
     )
-    doc = {"command": "python bench/rank_scifact.py " + " ".join(sys.argv[1:]), **doc, "model": args.model}
-    sys.stdout.write(write_rank_report(doc, Path(__file__).parent / "results" / args.model.replace("/", "_")))
+    doc = {"command": command(), **doc, "model": args.model}
+    sys.stdout.write(write_rank_report(doc, results_dir(args.model)))
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
-"""Benchmark for issue #4: answering over inputs far beyond the window with the headwise reader.
+"""Answering over inputs far beyond the window with the headwise reader.
 
-    python bench/read_long.py --part main      # 32K, 128K: the plain model (its window) vs the reader
-    python bench/read_long.py --part heads     # 32K: which heads select (retrieval / all / last layer)
-    python bench/read_long.py --part units     # 32K: what is kept (sentence / block / token)
-    python bench/read_long.py --part multi --pool mean   # 32K: four facts to collect (multi-value needle)
-    python bench/read_long.py --part million   # 1M tokens at a few depths, once
-    bench/infiniretri/setup.sh && python bench/read_long.py --part infiniretri   # 32K: vs InfiniRetri's package
+    python -m bench.read_long --part main      # 32K, 128K: the plain model (its window) vs the reader
+    python -m bench.read_long --part heads     # 32K: which heads select (retrieval / all / last layer)
+    python -m bench.read_long --part units     # 32K: what is kept (sentence / block / token)
+    python -m bench.read_long --part multi --pool mean   # 32K: four facts to collect (multi-value needle)
+    python -m bench.read_long --part million   # 1M tokens at a few depths, once
+    bench/infiniretri/setup.sh && python -m bench.read_long --part infiniretri   # 32K: vs InfiniRetri's package
+    python -m bench.read_long --part main --lengths 32000 --needles 4 --only reader --limit 10 --name check
+                                               # the first 10 tests of a committed run, saved apart
 
 Held-out needles (the last of the shipped list; profiling used the first) in real prose from the
 shipped books, bfloat16 on the CPU. Each part saves bench/results/<model>/reader/<part>.json; the
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -26,23 +27,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from headwise.generate import MAX_NEW_TOKENS, greedy
-from headwise.haystack import load_haystack
-from headwise.headmap import shipped_headmap
-from headwise.models import load_model, model_shape, resolve
-from headwise.niah import NiahResult, Outcome, run_niah
-from headwise.rank import head_weights
-from headwise.reader import DEFAULT_FOCUS, DEFAULT_POOL, POOLS, needle_reader
-from headwise.tasks import (
-    NeedleTest,
-    context_text,
-    is_correct,
-    load_needles,
-    make_multi_test,
-    make_tests,
-    pick_needles,
-    prompt_parts,
-)
+import headwise as hw
+from bench.common import command, merge_rows, results_dir, write_json
+from headwise.apps.config import POOLS, ReaderConfig
+from headwise.apps.spans import head_weights
+from headwise.core.generate import MAX_NEW_TOKENS, greedy
+from headwise.core.models import model_shape, resolve
+from headwise.core.needles import NeedleTest, is_correct
+from headwise.core.prompts import reading_prompt
+from headwise.eval.haystack import load_haystack
+from headwise.eval.niah import NiahResult, Outcome, evaluate, reader_answerer
+from headwise.eval.tasks import context_text, load_needles, make_multi_test, make_tests, pick_needles
 
 PARTS = ("main", "heads", "units", "multi", "million", "infiniretri")
 INFINIRETRI_PYTHON = Path(__file__).parents[1] / ".venv-infiniretri" / "bin" / "python"
@@ -89,11 +84,11 @@ def plain_window(model, tok):
     room = model_shape(model).max_positions - MAX_NEW_TOKENS
 
     def respond(test: NeedleTest) -> Outcome:
-        head, tail = prompt_parts(tok, test.needle.question)
-        context = test.ids[len(head) : len(test.ids) - len(tail)]
-        cut = max(0, len(context) - (room - len(head) - len(tail)))
+        prefix, suffix = reading_prompt(tok, test.needle.question)
+        context = test.ids[len(prefix) : len(test.ids) - len(suffix)]
+        cut = max(0, len(context) - (room - len(prefix) - len(suffix)))
         began = time.perf_counter()
-        response = greedy(model, tok, torch.cat([test.ids[: len(head)], context[cut:], test.ids[-len(tail) :]]))
+        response = greedy(model, tok, torch.cat([test.ids[: len(prefix)], context[cut:], test.ids[-len(suffix) :]]))
         return Outcome(
             test.length,
             test.depth,
@@ -102,7 +97,7 @@ def plain_window(model, tok):
             response,
             is_correct(test.needle, response),
             seconds=round(time.perf_counter() - began, 2),
-            kept_needle=test.span[0] - len(head) >= cut,
+            kept_needle=test.span[0] - len(prefix) >= cut,
         )
 
     return respond
@@ -137,15 +132,19 @@ def main() -> None:
     parser.add_argument("--lengths", help="override the part's lengths")
     parser.add_argument("--chunk", type=int, default=1024)
     parser.add_argument("--keep", type=int, default=256)
-    parser.add_argument("--pool", choices=POOLS, default=DEFAULT_POOL, help="how a sentence's token scores combine")
     parser.add_argument(
-        "--focus", type=float, default=DEFAULT_FOCUS, help="answer from passages this close to the best"
+        "--pool", choices=POOLS, default=ReaderConfig.pool, help="how a sentence's token scores combine"
+    )
+    parser.add_argument(
+        "--focus", type=float, default=ReaderConfig.focus, help="answer from passages this close to the best"
     )
     parser.add_argument("--only", help="run only the part's methods whose name holds this; the others' rows stay")
+    parser.add_argument("--limit", type=int, help="only the first N tests of each length (a check of a saved run)")
+    parser.add_argument("--name", help="save as <part>-<name>.json instead of <part>.json")
     args = parser.parse_args()
 
-    model, tok = load_model(args.model, args.dtype)
-    headmap = shipped_headmap(args.model)
+    model, tok = hw.load_model(args.model, args.dtype)
+    headmap = hw.shipped_headmap(args.model)
     book = load_haystack(args.haystack)
     depths = [float(d) for d in args.depths.split(",")]
     default_lengths = {"main": "32000,128000", "million": "1000000"}.get(args.part, "32000")
@@ -187,13 +186,14 @@ def main() -> None:
             tests = [make_multi_test(tok, book, 4, length, start=97 * s, seed=s) for s in range(len(depths))]
         else:
             tests = make_tests(tok, book, needles, [length], depths)
+        tests = tests[: args.limit]
         for name, spec in methods.items():
             began = time.perf_counter()
             if not spec:
                 result = infiniretri(args.model, args.dtype, tok, tests)
             else:
-                respond = spec[0] if len(spec) == 1 else needle_reader(model, tok, spec[0], **spec[1])
-                result = run_niah(model, tok, tests, respond=respond)
+                answer = spec[0] if len(spec) == 1 else reader_answerer(model, tok, spec[0], ReaderConfig(**spec[1]))
+                result = NiahResult(args.model, evaluate(model, tok, tests, answer, desc=name))
             row = summary(result, name, length)
             row["options"] = spec[1] if len(spec) == 2 else None
             rows.append(row)
@@ -202,17 +202,12 @@ def main() -> None:
                 f"{row['seconds_per_test']} s/test {row['tokens_per_second']} tok/s "
                 f"({time.perf_counter() - began:.0f} s)\n"
             )
-    out = Path(__file__).parent / "results" / args.model.replace("/", "_") / "reader"
-    out.mkdir(parents=True, exist_ok=True)
-    saved = out / f"{args.part}.json"
-    command = "python bench/read_long.py " + shlex.join(sys.argv[1:])
+    out = results_dir(args.model, "reader")
+    saved = out / (f"{args.part}-{args.name}.json" if args.name else f"{args.part}.json")
     for row in rows:
-        row["command"] = command
-    if saved.is_file():  # runs of a part at other lengths keep their rows
-        fresh = {(r["method"], r["length"]) for r in rows}
-        old = json.loads(saved.read_text())
-        rows = [r for r in old["rows"] if (r["method"], r["length"]) not in fresh] + rows
-        rows.sort(key=lambda r: (r["length"], order.index(r["method"]) if r["method"] in order else len(order)))
+        row["command"] = command()
+    rows = merge_rows(saved, rows, lambda r: (r["method"], r["length"]))  # runs at other lengths keep their rows
+    rows.sort(key=lambda r: (r["length"], order.index(r["method"]) if r["method"] in order else len(order)))
     commands = list(dict.fromkeys(r["command"] for r in rows))  # the runs behind the rows still here
     doc = {
         "commands": commands,
@@ -225,7 +220,7 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(),
         "rows": rows,
     }
-    (out / f"{args.part}.json").write_text(json.dumps(doc, indent=1))
+    write_json(saved, doc)
     sys.stdout.write(report(out))
 
 

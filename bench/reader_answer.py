@@ -1,7 +1,7 @@
 """Tuning bench for the reader's answer step, on development needles only.
 
-    python bench/reader_answer.py --length 32000   # read each test once (about 20 min), then compare answer steps
-    python bench/reader_answer.py --length 3000    # the same at 3K tokens (a few minutes)
+    python -m bench.reader_answer --length 32000   # read each test once (about 20 min), then compare answer steps
+    python -m bench.reader_answer --length 3000    # the same at 3K tokens (a few minutes)
 
 The reader's misses on the held-out benchmark (bench/read_long.py) kept the needle but garbled the
 answer. Re-running a 32K read per idea costs half a minute a test, so this bench reads each
@@ -16,20 +16,21 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import shlex
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from headwise.generate import greedy
-from headwise.haystack import load_haystack
-from headwise.headmap import shipped_headmap
-from headwise.models import load_model
-from headwise.rank import head_weights
-from headwise.reader import Selection, answer_prompt, select
-from headwise.tasks import Needle, context_text, is_correct, load_needles, make_test, prompt_parts
+import headwise as hw
+from bench.common import command, results_dir
+from headwise.apps.reader import Selection, answer_prompt, select
+from headwise.apps.spans import head_weights
+from headwise.core.generate import greedy
+from headwise.core.needles import Needle, is_correct
+from headwise.core.prompts import reading_prompt
+from headwise.eval.haystack import load_haystack
+from headwise.eval.tasks import context_text, load_needles, make_test
 
 DEV_NEEDLES = slice(5, 21)  # profiling used needles 0-4; read_long.py holds out the last four
 DEV_BOOKS = ("frankenstein", "pride-and-prejudice")
@@ -38,7 +39,7 @@ DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 def collect(model, tok, model_name: str, length: int, path: Path) -> list[dict]:
     """Read every development test once with the default reader; save and return the units it kept and their scores."""
-    weights = head_weights(model, shipped_headmap(model_name), "5%")
+    weights = head_weights(model, hw.shipped_headmap(model_name), "5%")
     rng = random.Random(0)
     tests = []
     for book_name in DEV_BOOKS:
@@ -83,10 +84,10 @@ def variants(tok, model, tests: list[dict]) -> list[dict]:
     for name, options in VARIANTS.items():
         responses, right, held = [], 0, 0
         for t in tests:
-            head, tail = prompt_parts(tok, t["question"])
+            prefix, suffix = reading_prompt(tok, t["question"])
             units = [np.asarray(u, dtype=np.int64) for u in t["units"]]
             chars = np.zeros((len(units), 2), dtype=np.int64)
-            selection = Selection(head, tail, units, np.asarray(t["starts"]), np.asarray(t["scores"]), chars, 0, 0)
+            selection = Selection(prefix, suffix, units, np.asarray(t["starts"]), np.asarray(t["scores"]), chars, 0, 0)
             prompt, _ = answer_prompt(selection, tok, **options)
             responses.append(greedy(model, tok, prompt))
             right += is_correct(Needle(t["needle"], t["question"], t["answer"]), responses[-1])
@@ -159,8 +160,8 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--length", type=int, default=32000)
     args = parser.parse_args()
-    model, tok = load_model(args.model, args.dtype)
-    out = Path(__file__).parent / "results" / args.model.replace("/", "_") / "reader"
+    model, tok = hw.load_model(args.model, args.dtype)
+    out = results_dir(args.model, "reader")
     out.mkdir(parents=True, exist_ok=True)
     saved = out / f"dev_selections-{args.length}.json"
     if saved.is_file():
@@ -168,7 +169,7 @@ def main() -> None:
     else:
         tests = collect(model, tok, args.model, args.length, saved)
     doc = {
-        "command": "python bench/reader_answer.py " + shlex.join(sys.argv[1:]),
+        "command": command(),
         "model": args.model,
         "dtype": args.dtype,
         "length": args.length,

@@ -1,30 +1,29 @@
-"""Benchmark for issue #2: are retrieval heads sparse, causal and stable, and how long does profiling take?
+"""Are retrieval heads sparse, causal and stable, and how long does profiling take?
 
-    python bench/retrieval_heads.py --model smollm2-135m      # ~25 min on 2 CPU cores
+    python -m bench.retrieval_heads --model smollm2-135m      # ~25 min on 2 CPU cores
 
-Writes bench/results/<model>/: results.json, summary.md, head maps (JSON + PNG) for two books,
-ablation.png. Uses the same defaults as `headwise profile` and `headwise ablate`.
+Profiles on two books with `headwise profile`'s grid, ablates both mask modes on held-out needles
+(bench/grids.py) and looks for single heads whose masking alone breaks the model. Writes
+bench/results/<model>/: results.json, summary.md, head maps (JSON + PNG) for both books, ablation.png.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
-from headwise.ablate import DEFAULT_DEPTHS as ABL_DEPTHS
-from headwise.ablate import DEFAULT_LENGTHS as ABL_LENGTHS
-from headwise.ablate import DEFAULT_NEEDLES as ABL_NEEDLES
-from headwise.ablate import Ablation, ablate, accuracy, mask_heads
-from headwise.haystack import load_haystack
-from headwise.headmap import HeadMap, overlap
-from headwise.models import load_model
-from headwise.profile import DEFAULT_DEPTHS, DEFAULT_LENGTHS, DEFAULT_NEEDLES, profile
-from headwise.tasks import load_needles, make_tests, pick_needles
+import headwise as hw
+from bench.common import command, results_dir, write_json
+from bench.grids import ABLATION, PROFILE, PROFILE_BOOKS
+from headwise.core.headmap import HeadMap, overlap
+from headwise.eval.ablate import Ablation
+from headwise.eval.niah import evaluate
+from headwise.plots import ablation_bars
 
-BOOKS = ("frankenstein", "pride-and-prejudice")
+BOOKS = PROFILE_BOOKS
 
 
 def critical_heads(model, tokenizer, tests, ablation: Ablation, headmap: HeadMap, drop: float = 0.5) -> list[dict]:
@@ -38,8 +37,9 @@ def critical_heads(model, tokenizer, tests, ablation: Ablation, headmap: HeadMap
         for head in heads:
             if head in found:
                 continue
-            with mask_heads(model, [head], "zero"):
-                alone = accuracy(model, tokenizer, probe_tests, f"zero L{head[0]}H{head[1]} alone")
+            with hw.mask_heads(model, [head], "zero"):
+                outcomes = evaluate(model, tokenizer, probe_tests, desc=f"zero L{head[0]}H{head[1]} alone")
+                alone = sum(o.correct for o in outcomes) / len(outcomes)
             if alone < 0.5:
                 found[head] = {
                     "layer": head[0],
@@ -51,29 +51,6 @@ def critical_heads(model, tokenizer, tests, ablation: Ablation, headmap: HeadMap
     return sorted(found.values(), key=lambda d: (d["layer"], d["head"]))
 
 
-def plot_ablation(results: list[Ablation], path: Path, title: str) -> None:
-    """Bars: baseline, top-k masked, each random draw and its mean, per masking mode."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4), sharey=True, squeeze=False)
-    for ax, r in zip(axes[0], results, strict=True):
-        labels = ["none", f"top-{r.k}", *[f"rand {i + 1}" for i in range(len(r.random))], "rand mean"]
-        values = [r.baseline, r.top, *r.random, r.random_mean]
-        colors = ["grey", "crimson", *["steelblue"] * len(r.random), "navy"]
-        ax.bar(labels, [100 * v for v in values], color=colors)
-        ax.set_title(f"mask mode: {r.mode}")
-        ax.set_ylim(0, 105)
-        ax.tick_params(axis="x", rotation=60)
-    axes[0][0].set_ylabel("needle accuracy (%)")
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def main() -> None:
     """Run profile on two books, ablate both masking modes, study critical heads, save everything."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -81,34 +58,31 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    out = args.out or Path(__file__).parent / "results" / args.model.replace("/", "_")
+    out = args.out or results_dir(args.model)
     out.mkdir(parents=True, exist_ok=True)
 
     began = time.perf_counter()
-    model, tok = load_model(args.model, args.dtype)
+    model, tok = hw.load_model(args.model, args.dtype)
     load_s = time.perf_counter() - began
-    pool = load_needles()
     maps = {}
     for book in BOOKS:
-        tests = make_tests(
-            tok, load_haystack(book), pick_needles(pool, DEFAULT_NEEDLES), DEFAULT_LENGTHS, DEFAULT_DEPTHS
-        )
-        maps[book] = profile(model, tok, tests)
+        tests = hw.needle_tests(tok, replace(PROFILE, haystack=book))
+        maps[book] = hw.profile(model, tok, tests)
         maps[book].save(out / f"headmap-{book}.json")
         maps[book].plot(out / f"headmap-{book}.png")
     headmap = maps[BOOKS[0]]
 
-    abl_tests = make_tests(
-        tok, load_haystack(BOOKS[0]), pick_needles(pool, ABL_NEEDLES, held_out=True), ABL_LENGTHS, ABL_DEPTHS, seed=1
-    )
-    results = ablate(model, tok, headmap, abl_tests, k="5%", draws=5, exclude="10%")
+    abl_tests = hw.needle_tests(tok, ABLATION)
+    results = hw.ablate(model, tok, headmap, abl_tests, top="5%", draws=5, exclude="10%", modes=("zero", "uniform"))
     zero = next(r for r in results if r.mode == "zero")
     critical = critical_heads(model, tok, abl_tests, zero, headmap)
-    plot_ablation(results, out / "ablation.png", f"{args.model}: masking {zero.k} heads, {len(abl_tests)} needle tests")
+    rows = [{"mode": r.mode, "baseline": r.baseline, "top": r.top, "random": r.random} for r in results]
+    title = f"{args.model}: masking {zero.count} heads, {len(abl_tests)} needle tests"
+    ablation_bars(rows, title, out / "ablation.png")
 
     above = headmap.above(0.1)
     doc = {
-        "command": "python bench/retrieval_heads.py " + " ".join(sys.argv[1:]),
+        "command": command(),
         "model": args.model,
         "dtype": args.dtype,
         "load_seconds": round(load_s, 1),
@@ -117,16 +91,16 @@ def main() -> None:
         "stable": {"books": list(BOOKS), "top10_overlap": overlap(maps[BOOKS[0]], maps[BOOKS[1]], 10)},
         "ablation": {
             "tests": len(abl_tests),
-            "lengths": ABL_LENGTHS,
-            "depths": ABL_DEPTHS,
-            "needles": "held out (last 4 shipped needles)",
-            "seed": 1,
+            "lengths": list(ABLATION.lengths),
+            "depths": list(ABLATION.depths),
+            "needles": f"held out (last {ABLATION.needles} shipped needles)",
+            "seed": ABLATION.seed,
             "results": [r.to_dict() for r in results],
         },
         "critical_heads_zero_mode": critical,
         "total_seconds": round(time.perf_counter() - began, 1),
     }
-    (out / "results.json").write_text(json.dumps(doc, indent=1))
+    write_json(out / "results.json", doc)
     (out / "summary.md").write_text(summary(doc))
     sys.stdout.write(summary(doc))
 
@@ -157,7 +131,7 @@ def summary(doc: dict) -> str:
     for r in doc["ablation"]["results"]:
         draws = " / ".join(f"{a:.0%}" for a in r["random"])
         lines.append(
-            f"| {r['mode']} | {r['k']} | {r['baseline']:.0%} | {r['top']:.0%} | {draws} | {r['random_mean']:.0%} |"
+            f"| {r['mode']} | {r['count']} | {r['baseline']:.0%} | {r['top']:.0%} | {draws} | {r['random_mean']:.0%} |"
         )
     crit = doc["critical_heads_zero_mode"]
     lines += ["", "Single heads whose zero-masking alone breaks the model (found inside failing random draws):", ""]

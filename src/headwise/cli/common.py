@@ -33,11 +33,11 @@ Haystack = Annotated[str, typer.Option(help="frankenstein, pride-and-prejudice, 
 Seed = Annotated[int, typer.Option(help="seed for where each test's prose starts and for random draws")]
 Heads = Annotated[str, typer.Option(help="heads to read with: retrieval (the shipped map), all, or a head map file")]
 Top = Annotated[str, typer.Option("--top", "--k", help="how many top heads: a count (14) or a share (5%)")]
-Chunk = Annotated[int, typer.Option(help="reader: new tokens read per step")]
-Keep = Annotated[int, typer.Option(help="reader: tokens carried between steps and answered from")]
-Unit = Annotated[str, typer.Option(help="reader: what is kept: sentence, block (16 tokens) or token")]
-Pool = Annotated[str, typer.Option(help="reader: a unit's score from its tokens' attention: sum, max or mean")]
-Focus = Annotated[float, typer.Option(help="reader: answer from kept passages scoring at least this share of the best")]
+Chunk = Annotated[int, typer.Option(help="new tokens read per step")]
+Keep = Annotated[int, typer.Option(help="tokens carried between steps and answered from")]
+Unit = Annotated[str, typer.Option(help="what is kept: sentence, block (16 tokens) or token")]
+Pool = Annotated[str, typer.Option(help="a unit's score from its tokens' attention: sum, max or mean")]
+Focus = Annotated[float, typer.Option(help="answer from kept passages scoring at least this share of the best")]
 
 
 def user_errors(fn: Callable) -> Callable:

@@ -226,7 +226,9 @@ def niah_cmd(
     ] = None,
     sink: Annotated[int, typer.Option(help="sink tokens kept by windowed heads")] = SINK,
     window: Annotated[int, typer.Option(help="least recent tokens kept by windowed heads")] = WINDOW,
-    reader: Annotated[str, typer.Option(help="none, or headwise: read beyond the window with --heads")] = "none",
+    reader: Annotated[
+        str, typer.Option(help="none, or headwise: read beyond the window (the reader options below)")
+    ] = "none",
     heads: Heads = "retrieval",
     top: Top = str(READER_DEFAULTS.top),
     chunk: Chunk = READER_DEFAULTS.chunk,
@@ -236,7 +238,10 @@ def niah_cmd(
     focus: Focus = READER_DEFAULTS.focus,
     out: Annotated[Path | None, typer.Option(help="folder for results.json and heatmap.png")] = None,
 ) -> None:
-    """Run a needle-in-a-haystack grid (lengths x depths); write results JSON and the accuracy heatmap."""
+    """Run a needle-in-a-haystack grid (lengths x depths); write results JSON and the accuracy heatmap.
+
+    With --reader headwise, contexts of any length are read in chunks through the --heads' --top heads
+    (--chunk, --keep, --unit, --pool, --focus); otherwise lengths must fit the model's window."""
     if reader not in ("none", "headwise"):
         raise HeadwiseError(f"--reader must be none or headwise, got {reader!r}")
     if reader != "none" and cache != "full":
