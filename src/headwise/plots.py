@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 
 
-def _figure(width: float, height: float):
-    """A figure and axes with a non-interactive backend."""
+def _figure(width: float, height: float, **subplots):
+    """A figure and its axes (`subplots` as for plt.subplots) with a non-interactive backend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt.subplots(figsize=(width, height), layout="constrained")
+    return plt.subplots(figsize=(width, height), layout="constrained", **subplots)
 
 
 def _save(fig, path: str | Path) -> Path:
@@ -82,12 +82,7 @@ def ablation_bars(rows: list[dict], title: str, path: str | Path) -> Path:
 
 def rank_chart(rows: list[dict], latency: list[dict], title: str, path: str | Path) -> Path:
     """nDCG@10 per method (bars), and seconds per query against the number of documents (line)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [2, 1]}, layout="constrained")
+    fig, (a, b) = _figure(10, 4, ncols=2, gridspec_kw={"width_ratios": [2, 1]})
     a.barh([r["method"] for r in rows][::-1], [r["ndcg@10"] for r in rows][::-1], color="#2a7")
     a.set_xlabel("nDCG@10")
     b.plot([r["docs"] for r in latency], [r["seconds"] for r in latency], "o-")
