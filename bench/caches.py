@@ -10,10 +10,8 @@ from pathlib import Path
 import headwise as hw
 from bench.common import write_json, write_markdown
 from headwise.core.needles import NeedleTest
-from headwise.core.policy import WINDOW, CachePolicy
-from headwise.eval.niah import cache_answerer, evaluate, policy_caches
-
-SINK = 4
+from headwise.core.policy import SINK, WINDOW, CachePolicy
+from headwise.eval.niah import NiahResult, cache_answerer, evaluate, policy_caches
 
 
 def run_cache(
@@ -35,7 +33,7 @@ def run_cache(
         model, tok, tests, cache_answerer(model, tok, policy_caches(model, policy, headmap)), desc=method
     )
     correct = [o.correct for o in outcomes]
-    kv_ratio = sum(o.kv_bytes / o.full_kv_bytes for o in outcomes) / len(outcomes)
+    kv_ratio = NiahResult(method, outcomes).kv_ratio
     row = result_row(method, budget, window, correct, kv_ratio, time.perf_counter() - began)
     missed = [f"{o.length} tokens, depth {o.depth}: {o.question}" for o in outcomes if not o.correct]
     return row | {"missed": missed}  # which tests failed, to compare methods test by test

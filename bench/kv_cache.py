@@ -27,13 +27,13 @@ import tempfile
 from pathlib import Path
 
 import headwise as hw
-from bench.caches import SINK, extra_maps, result_row, run_cache, save_table, variant
+from bench.caches import extra_maps, result_row, run_cache, save_table, variant
 from bench.common import command, merge_rows, results_dir
 from bench.grids import KV_CACHE
 from headwise.core.generate import MAX_NEW_TOKENS
 from headwise.core.models import resolve
 from headwise.core.needles import NeedleTest, is_correct
-from headwise.core.policy import WINDOW
+from headwise.core.policy import SINK, WINDOW
 from headwise.core.prompts import reading_prompt
 from headwise.errors import HeadwiseError
 from headwise.eval.haystack import load_haystack
