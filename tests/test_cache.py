@@ -8,12 +8,12 @@ import torch
 from transformers import DynamicCache
 
 import headwise as hw
-from headwise.core.cache import HeadwiseCache, HeadwiseLayer, split_budget
+from headwise.core.cache import HeadwiseCache, HeadwiseLayer
 from headwise.core.caches import build_cache, compressed
 from headwise.core.headmap import HeadMap
 from headwise.core.hooks import attach, attached
 from headwise.core.needles import is_correct
-from headwise.core.policy import CachePolicy
+from headwise.core.policy import CachePolicy, split_budget
 from headwise.core.shipped import cache_headmap, shipped_headmap
 from headwise.errors import HeadwiseError
 from headwise.eval.tasks import load_needles, make_test, make_tests

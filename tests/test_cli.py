@@ -78,11 +78,19 @@ def test_reader_goes_beyond_the_window_from_the_command_line(tmp_path, book):
     cut = book.text.index(". ", 6000) + 1
     story = book.text[:cut] + " The ferry leaves the harbour at seven." + book.text[cut : cut + 6000]
     (tmp_path / "story.txt").write_text(story)
-    result = run("read", "--file", str(tmp_path / "story.txt"), "--question", "When does the ferry leave?", "--json")
+    result = run(
+        "read", "--file", str(tmp_path / "story.txt"), "--question", "When does the ferry leave?", "--json",
+        "--out", str(tmp_path / "answer.json"), "--html", str(tmp_path / "answer.html"),
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     answer = json.loads(result.stdout[result.stdout.index("{") :])
     given = [p["text"] for p in answer["passages"] if p["given"]]
     assert any("ferry leaves the harbour" in q for q in given) and "seven" in answer["answer"].lower()
+    saved = json.loads((tmp_path / "answer.json").read_text())
+    assert saved["format"] == "headwise.answer" and saved["source"] == story and saved["answer"] == answer["answer"]
+    assert "When does the ferry leave?" in (tmp_path / "answer.html").read_text()
+    result = run("report", str(tmp_path), str(tmp_path / "answer.json"), "-o", str(tmp_path / "both.html"))
+    assert result.exit_code == 0 and "wrote" in result.output, result.output  # a run folder and a reader answer
 
 
 def test_niah_headwise_cache_defaults_to_the_shipped_gate_map(tmp_path, smol):
@@ -95,6 +103,19 @@ def test_niah_headwise_cache_defaults_to_the_shipped_gate_map(tmp_path, smol):
     assert doc["settings"]["cache_ranking"]["kind"] == "gates" and doc["settings"]["cache_ranking"]["tie_break"]
     outcome = doc["outcomes"][0]
     assert outcome["kv_bytes"] <= 0.3 * outcome["full_kv_bytes"] and doc["correct"] == 1, doc["outcomes"]
+
+
+def test_profile_writes_its_map_and_report_page(tmp_path, smol):
+    result = run(
+        "profile", "--lengths", "400", "--depths", "0.5", "--needles", "2", "--out", str(tmp_path / "map.json"),
+        "--html", str(tmp_path / "map.html"),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    from headwise.core.headmap import HeadMap
+
+    best = HeadMap.load(tmp_path / "map.json").top(1)[0]
+    page = (tmp_path / "map.html").read_text()
+    assert page.count('<rect class="cell"') == 270 and f"<td>L{best[0]}H{best[1]}</td>" in page
 
 
 def test_help_is_instant_because_no_torch_is_imported():

@@ -10,7 +10,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def test_the_python_quick_start_runs_as_written(tmp_path, monkeypatch):
     block = re.search(r"## Python\n\n```python\n(.*?)```", README.read_text(), re.S).group(1)
-    monkeypatch.chdir(tmp_path)  # it saves smol.json
+    monkeypatch.chdir(tmp_path)  # it saves smol.json and report.html
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         exec(compile(block, "README.md", "exec"), {})
@@ -22,3 +22,5 @@ def test_the_python_quick_start_runs_as_written(tmp_path, monkeypatch):
     assert ranking.startswith("[('bees'"), ranking
     assert "flour barrel" in answer.split("[")[0].lower() and "flour barrel." in answer.split("[")[1], answer
     assert (tmp_path / "smol.json").is_file()
+    page = (tmp_path / "report.html").read_text()
+    assert page.count('<rect class="cell"') == 270 and "The ship&#39;s cook hid the brass key" in page

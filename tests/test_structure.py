@@ -7,8 +7,8 @@ from pathlib import Path
 import headwise
 
 PACKAGE = Path(headwise.__file__).parent
-LAYERS = ["core", "scores", "apps", "eval", "cli"]  # a layer may import only from layers before it
-LEAVES = {"errors", "plots"}  # importable from anywhere; import nothing of headwise's above core
+LAYERS = ["core", "scores", "apps", "eval", "report", "cli"]  # a layer may import only from layers before it
+LEAVES = {"errors", "plots", "version"}  # importable from anywhere; import nothing of headwise's above core
 
 
 def layer_of(module: str) -> str:

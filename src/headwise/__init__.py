@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.2.0"
+from headwise.version import __version__
 
 # public name -> module that defines it
 _EXPORTS = {
@@ -44,6 +44,7 @@ _EXPORTS = {
     "load_haystack": "headwise.eval.haystack",
     "ablate": "headwise.eval.ablate",
     "run_niah": "headwise.eval.niah",
+    "report": "headwise.report",
     "HeadwiseError": "headwise.errors",
 }
 
@@ -74,6 +75,7 @@ __all__ = [
     "profile",
     "rank",
     "read",
+    "report",
     "run_niah",
     "shipped_headmap",
 ]
@@ -97,6 +99,7 @@ if TYPE_CHECKING:
     from headwise.eval.haystack import load_haystack
     from headwise.eval.niah import run_niah
     from headwise.eval.tasks import load_needles, needle_tests
+    from headwise.report import report
     from headwise.scores import profile
 
 

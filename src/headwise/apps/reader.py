@@ -12,8 +12,10 @@ that holds a chosen head: time grows linearly with the input, memory is bounded 
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,7 +28,7 @@ from headwise.apps.units import choose, make_units, pooled, split_chunks
 from headwise.core.generate import greedy
 from headwise.core.headmap import HeadMap
 from headwise.core.hooks import StopForward, attach
-from headwise.core.models import model_shape
+from headwise.core.models import model_id, model_shape
 from headwise.core.prompts import encode, reading_prompt
 from headwise.core.text import body_span, tokenize_sentences
 from headwise.errors import HeadwiseError
@@ -45,15 +47,23 @@ class Passage:
     given: bool
 
 
+FORMAT = "headwise.answer"
+
+
 @dataclass
 class Answer:
-    """The model's answer, the passages the reader kept (best first), and the cost."""
+    """The model's answer, the passages the reader kept (best first), the cost, and what was asked of what
+    (`question`, the input `source`, the model and reader settings), so that a saved answer can be shown in place."""
 
     text: str
     passages: list[Passage]
     input_tokens: int
     chunks: int
     seconds: float
+    question: str = ""
+    source: str = field(default="", repr=False)
+    model: str = ""
+    settings: dict = field(default_factory=dict)
 
     @property
     def evidence(self) -> list[tuple[int, int]]:
@@ -71,6 +81,32 @@ class Answer:
         only those given to the model unless `given_only` is False."""
         chosen = [p for p in self.passages if p.given or not given_only][:n]
         return [source[p.start : p.end].strip() for p in chosen]
+
+    def to_dict(self, with_source: bool = True) -> dict:
+        """The saved form: answer, passages (best first, with their text), evidence, cost and settings, and
+        the whole input unless `with_source` is False."""
+        passages = [{**asdict(p), "text": self.source[p.start : p.end]} for p in self.passages]
+        doc = {
+            "format": FORMAT,
+            "version": 1,
+            "model": self.model,
+            "question": self.question,
+            "answer": self.text,
+            "passages": passages,
+            "evidence": self.evidence,
+            "input_tokens": self.input_tokens,
+            "chunks": self.chunks,
+            "seconds": self.seconds,
+            "settings": self.settings,
+        }
+        return {**doc, "source": self.source} if with_source else doc
+
+    def save(self, path: str | Path) -> Path:
+        """Write `to_dict()` as JSON, for `headwise report`."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict()))
+        return path
 
 
 @dataclass
@@ -106,8 +142,9 @@ def read(
     prompt, used = answer_prompt(selection, tokenizer, focus=config.focus)
     response = greedy(model, tokenizer, prompt)
     return Answer(
-        response, passages(selection, used), selection.input_tokens, selection.chunks, time.perf_counter() - began
-    )
+        response, passages(selection, used), selection.input_tokens, selection.chunks, time.perf_counter() - began,
+        question, text, model_id(model), asdict(config),
+    )  # fmt: skip
 
 
 def select(

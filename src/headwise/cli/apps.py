@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -18,6 +18,7 @@ from headwise.cli.common import (
     Dtype,
     Focus,
     Heads,
+    Html,
     Keep,
     Model,
     Pool,
@@ -56,21 +57,36 @@ def rank_cmd(
     dtype: Dtype = "float32",
     device: Device = None,
     heads: Heads = "retrieval",
-    top: Top = "5%",
+    top: Annotated[
+        str | None, typer.Option("--top", "--k", help="how many top heads; default: the map's tuned count, else 5%")
+    ] = None,
+    fuse: Annotated[
+        str, typer.Option(help='none; bm25 (over the documents given) or score (each line\'s "score") fused in')
+    ] = "none",
+    weight: Annotated[
+        float | None, typer.Option(help="--fuse: attention's share, 0..1; default: the weight the map was tuned with")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
 ) -> None:
-    """Rank documents by the attention the query pays them (in-context re-ranking, two forward passes)."""
+    """Rank documents by the attention the query pays them (in-context re-ranking, two forward passes),
+    optionally fused with a first-stage score."""
     import time
 
-    from headwise.apps.rank import load_docs, rank
+    from headwise.apps.rank import fusion_weight, load_docs, rank
 
     candidates = load_docs(docs)
     if not query.strip():
         raise HeadwiseError("--query is empty")
+    first_stage = _first_stage(fuse, query, docs, candidates)
+    if weight is not None and not 0 <= weight <= 1:
+        raise HeadwiseError(f"--weight is attention's share of the fused score, 0..1; got {weight}")
     check_dtype(dtype)
     m, tok = load(model, dtype, device)
+    hm = heads_map(heads, model, m)
+    if first_stage is not None and weight is None:
+        weight = fusion_weight(hm)
     began = time.perf_counter()
-    order = rank(m, tok, query, candidates, headmap=heads_map(heads, model, m), top=top)
+    order = rank(m, tok, query, candidates, headmap=hm, top=top, fuse=first_stage, weight=weight)
     if as_json:
         typer.echo(json.dumps([{"id": i, "score": s} for i, s in order], indent=1))
         return
@@ -78,6 +94,23 @@ def rank_cmd(
     for place, (doc_id, score) in enumerate(order, 1):
         typer.echo(f"{place:3} {score:+9.4f}  {doc_id:12}  {text[doc_id][:70].replace(chr(10), ' ')}")
     typer.echo(f"ranked {len(order)} documents in {time.perf_counter() - began:.1f} s", err=True)
+
+
+def _first_stage(fuse: str, query: str, path: Path, docs: list) -> list[float] | None:
+    """The first-stage scores `--fuse` names, one per document, or None."""
+    if fuse == "none":
+        return None
+    if fuse == "bm25":
+        from headwise.apps.bm25 import bm25_scores
+
+        return bm25_scores(query, [d.text for d in docs]).tolist()
+    if fuse == "score":
+        rows = [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
+        bad = [i for i, r in enumerate(rows, 1) if not isinstance(r.get("score"), (int, float))]
+        if bad:
+            raise HeadwiseError(f'--fuse score needs a numeric "score" on every line of {path}; line {bad[0]} has none')
+        return [float(r["score"]) for r in rows]
+    raise HeadwiseError(f"--fuse must be none, bm25 or score, got {fuse!r}")
 
 
 @app.command("read")
@@ -102,6 +135,8 @@ def read_cmd(
         bool, typer.Option("--boilerplate/--skip-boilerplate", help="read a Project Gutenberg header and licence too")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON: answer, passages with scores, costs")] = False,
+    out: Annotated[Path | None, typer.Option(help="save the answer with its input, for headwise report")] = None,
+    html: Html = None,
 ) -> None:
     """Answer a question over a text longer than the model's window, keeping what the retrieval heads attend to."""
     from headwise.apps.reader import read
@@ -116,10 +151,14 @@ def read_cmd(
     check_dtype(dtype)
     m, tok = load(model, dtype, device)
     answer = read(m, tok, text, question, heads_map(heads, model, m), config)
+    if out:
+        typer.echo(f"wrote {answer.save(out)}", err=True)
+    if html:
+        from headwise.report import report
+
+        typer.echo(f"wrote {report([answer], html)}", err=True)
     if as_json:
-        passages = [{**asdict(p), "text": text[p.start : p.end]} for p in answer.passages]
-        doc = {"answer": answer.text, "passages": passages, "evidence": answer.evidence}
-        typer.echo(json.dumps({**doc, "input_tokens": answer.input_tokens, "seconds": answer.seconds}, indent=1))
+        typer.echo(json.dumps(answer.to_dict(with_source=False), indent=1))
         return
     typer.echo(answer.text)
     typer.echo("from (score relative to the best passage, character offset):", err=True)

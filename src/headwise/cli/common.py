@@ -37,6 +37,7 @@ Chunk = Annotated[int, typer.Option(help="new tokens read per step")]
 Keep = Annotated[int, typer.Option(help="tokens carried between steps and answered from")]
 Unit = Annotated[str, typer.Option(help="what is kept: sentence, block (16 tokens) or token")]
 Pool = Annotated[str, typer.Option(help="a unit's score from its tokens' attention: sum, max or mean")]
+Html = Annotated[Path | None, typer.Option(help="also write the result as a self-contained HTML report")]
 Focus = Annotated[float, typer.Option(help="answer from kept passages scoring at least this share of the best")]
 
 

@@ -24,6 +24,7 @@ from headwise.cli.common import (
     Focus,
     Haystack,
     Heads,
+    Html,
     Keep,
     Lengths,
     Model,
@@ -66,19 +67,41 @@ def profile_cmd(
         str,
         typer.Option(
             help="retrieval (copy-paste attention, Wu et al.), context (output change under sink + window) or "
-            "gates (DuoAttention-style gates trained so that sink + window changes the answers least)"
+            "gates (DuoAttention-style gates trained so that sink + window changes the answers least); or "
+            "relevance (each head's own nDCG@10 ranking labelled queries' BM25 candidates: --queries, --docs, --qrels)"
         ),
     ] = "retrieval",
     sink: Annotated[int, typer.Option(help="--score context|gates: sink tokens of the window view")] = SINK,
     window: Annotated[int, typer.Option(help="--score context|gates: recent tokens of the window view")] = WINDOW,
     names: Annotated[int, typer.Option(help="--score gates: made-up-name needles added to the training set")] = 3,
+    queries: Annotated[Path | None, typer.Option(help="--score relevance: JSONL of {_id, text} queries")] = None,
+    docs: Annotated[Path | None, typer.Option(help="--score relevance: JSONL corpus of {_id, title, text}")] = None,
+    qrels: Annotated[Path | None, typer.Option(help="--score relevance: TSV of query-id, doc-id, score")] = None,
+    limit: Annotated[int, typer.Option(help="--score relevance: use the first N query ids of the qrels")] = 400,
+    candidates: Annotated[int, typer.Option(help="--score relevance: BM25 candidates per query")] = 20,
     out: Annotated[Path | None, typer.Option(help="head map JSON to write; a heatmap PNG goes beside it")] = None,
+    html: Html = None,
 ) -> None:
-    """Score every attention head on needle tests; write a head map and its heatmap."""
+    """Score every attention head on needle tests (or, --score relevance, on labelled queries); write a head
+    map and its heatmap."""
     from headwise.scores import SCORES
 
+    if score == "relevance":
+        headmap = _relevance_map(model, dtype, device, queries, docs, qrels, limit, candidates)
+        path = headmap.save(out or Path("headmaps") / f"{slug(model)}-relevance.json")
+        tuned = headmap.method
+        typer.echo(
+            f"{tuned['queries']} queries; top {tuned['top']} heads: nDCG@10 {tuned['ndcg@10']}, "
+            f"fused with BM25 at weight {tuned['fusion']['weight']}"
+        )
+        typer.echo(f"wrote {path} and {headmap.plot(path.with_suffix('.png'))}")
+        if html:
+            from headwise.report import report
+
+            typer.echo(f"wrote {report([headmap], html)}")
+        return
     if score not in SCORES:
-        raise HeadwiseError(f"--score must be one of {', '.join(SCORES)}, got {score!r}")
+        raise HeadwiseError(f"--score must be one of {', '.join(SCORES)} or relevance, got {score!r}")
     if names < 0:
         raise HeadwiseError(f"--names must be 0 or more, got {names}")
     grid = grid_from(PROFILE_GRID, lengths, depths, needles, haystack, seed)
@@ -102,6 +125,25 @@ def profile_cmd(
     if "tests_counted" in headmap.method:
         typer.echo(f"{headmap.method['tests_counted']}/{headmap.method['tests']} tests answered correctly and counted")
     typer.echo(f"wrote {path} and {png}")
+    if html:
+        typer.echo(f"wrote {hw.report([headmap], html)}")
+
+
+def _relevance_map(model: str, dtype: str, device, queries, docs, qrels, limit: int, candidates: int):
+    """A relevance head map from labelled queries, their files checked before the model loads."""
+    from headwise.apps.rank import load_docs
+    from headwise.eval.relevance import load_qrels, load_queries
+
+    if None in (queries, docs, qrels):
+        raise HeadwiseError("--score relevance needs --queries, --docs and --qrels (labelled training queries)")
+    if limit < 1 or candidates < 2:
+        raise HeadwiseError(f"need --limit >= 1 and --candidates >= 2, got {limit} and {candidates}")
+    texts, corpus, relevant = load_queries(queries), load_docs(docs), load_qrels(qrels)
+    check_dtype(dtype)
+    from headwise.eval.relevance import profile_relevance
+
+    m, tok = load(model, dtype, device)
+    return profile_relevance(m, tok, texts, corpus, relevant, limit, candidates)
 
 
 def _ablation_table(results: list, tests: int) -> str:
@@ -176,11 +218,13 @@ def ablate_cmd(
     hm = hw.shipped_headmap(model) if headmap == "retrieval" else hw.HeadMap.load(headmap, m)
     tests = grid_tests(grid, needles_file, tok)
     folder = out or Path("runs") / f"ablate-{slug(model)}-{hm.kind}-top{slug(top)}-s{seed}"
-    doc = {"headmap": headmap, "model": model, "tests": len(tests), "grid": asdict(grid)}
+    about = {"headmap": headmap, "model": model, "tests": len(tests), "grid": asdict(grid)}
 
     def save(results: list) -> None:
+        from headwise.eval.ablate import ablation_document
+
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "ablation.json").write_text(json.dumps({**doc, "results": [r.to_dict() for r in results]}, indent=1))
+        (folder / "ablation.json").write_text(json.dumps(ablation_document(results, **about), indent=1))
 
     partial: list = []
 

@@ -11,10 +11,8 @@ chunked prefill, sink + window + itself at a decode step.
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer, DynamicSlidingWindowLayer
@@ -23,7 +21,7 @@ from headwise.core import attention
 from headwise.core.headmap import HeadMap
 from headwise.core.hooks import AttentionCall, AttentionHook
 from headwise.core.models import ModelShape, model_shape, sliding_layers
-from headwise.core.policy import SINK, WINDOW
+from headwise.core.policy import SINK, WINDOW, split_budget
 from headwise.errors import HeadwiseError
 
 if TYPE_CHECKING:
@@ -184,12 +182,7 @@ class HeadwiseCache(Cache, AttentionHook):
             n_full = round(retrieval_fraction * total)
         else:
             n_full, window = split_budget(budget, total, sink, window, context_length or shape.max_positions)
-        kv = headmap.kv_scores(reduce)
-        kv[list(sliding)] = -np.inf
-        full: list[list[int]] = [[] for _ in range(shape.num_layers)]
-        for i in np.argsort(-kv, axis=None, kind="stable")[:n_full]:
-            full[int(i // shape.num_kv_heads)].append(int(i % shape.num_kv_heads))
-        return cls.for_heads(model, full, sink, window)
+        return cls.for_heads(model, headmap.best_kv_heads(n_full, sliding, reduce), sink, window)
 
     @classmethod
     def for_heads(cls, model: PreTrainedModel, full: list[list[int]], sink: int, window: int) -> HeadwiseCache:
@@ -258,34 +251,3 @@ def kv_nbytes(cache: Cache) -> tuple[int, int]:
             both = 2 * layer.keys.numel() * size
             held, full = held + both, full + both
     return held, full
-
-
-def split_budget(budget: float | int, total: int, sink: int, window: int, length: int) -> tuple[int, int]:
-    """(KV heads kept full, window of the others) so that `total` KV heads at `length` tokens fit the budget:
-    as many heads stay full as fit beside sink + `window` for the rest, and the budget they leave over
-    widens the others' window, so no budget goes unused."""
-    if isinstance(budget, float) or (isinstance(budget, int) and budget <= 1):
-        if not 0.0 < budget <= 1.0:
-            raise HeadwiseError(f"a fractional budget must be in (0, 1], got {budget}")
-        per_head = budget * length
-    else:
-        if budget < 1:
-            raise HeadwiseError(f"a token budget must be positive, got {budget}")
-        per_head = float(budget)
-    kept = sink + window
-    if kept >= length:
-        raise HeadwiseError(
-            f"sink + window ({kept} tokens) is not smaller than the context ({length} tokens); "
-            "use a smaller window or a longer context"
-        )
-    if kept > per_head:
-        raise HeadwiseError(
-            f"sink + window ({kept} tokens) is more than the budget allows per head ({per_head:.0f} tokens "
-            f"of {length}); use a smaller window or a larger budget"
-        )
-    share = (per_head - kept) / (length - kept)  # full heads hold `length`, others `kept`
-    n_full = max(0, min(total, math.floor(share * total + 1e-9)))
-    if n_full < total:
-        spare = per_head * total - n_full * length - (total - n_full) * kept
-        window = min(length - sink, window + math.floor(spare / (total - n_full) + 1e-9))
-    return n_full, window

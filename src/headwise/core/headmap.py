@@ -5,6 +5,7 @@ Files: the native versioned JSON, plus Retrieval_Head's JSON and DuoAttention's 
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -111,6 +112,16 @@ class HeadMap:
             raise HeadwiseError(f"reduce must be 'max' or 'mean', got {reduce!r}")
         grouped = self.scores.reshape(self.num_layers, self.num_kv_heads, self.kv_group)
         return grouped.max(-1) if reduce == "max" else grouped.mean(-1)
+
+    def best_kv_heads(self, n: int, skip: Collection[int] = (), reduce: str = "max") -> list[list[int]]:
+        """Per layer, which of the `n` best KV heads (by `kv_scores(reduce)`) it holds; layers in `skip` (a
+        model's sliding-window layers, which keep their own cache) hold none. What a head-wise cache keeps full."""
+        kv = self.kv_scores(reduce)
+        kv[list(skip)] = -np.inf
+        full: list[list[int]] = [[] for _ in range(self.num_layers)]
+        for i in np.argsort(-kv, axis=None, kind="stable")[:n]:
+            full[int(i // self.num_kv_heads)].append(int(i % self.num_kv_heads))
+        return full
 
     def with_ties_broken_by(self, other: HeadMap) -> HeadMap:
         """This map with heads of (nearly) equal score ordered by `other`'s ranking: each head gains up to

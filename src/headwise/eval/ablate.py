@@ -17,6 +17,8 @@ from headwise.core.needles import NeedleTest
 from headwise.errors import HeadwiseError
 from headwise.eval.niah import cache_answerer
 
+FORMAT = "headwise.ablation"
+
 
 @dataclass
 class Ablation:
@@ -54,6 +56,12 @@ class Ablation:
             "random_heads": [[list(h) for h in draw] for draw in self.random_heads],
             "complete": self.complete,
         }
+
+
+def ablation_document(results: list[Ablation], **about) -> dict:
+    """The saved form of an ablation (format headwise.ablation, what `headwise report` reads): `about` (model,
+    head map, tests, grid) and each mode's results."""
+    return {"format": FORMAT, "version": 1, **about, "results": [r.to_dict() for r in results]}
 
 
 def random_heads(headmap: HeadMap, count: int, exclude: int, rng: random.Random) -> list[Head]:

@@ -15,20 +15,15 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from headwise.apps.bm25 import bm25_top
 from headwise.apps.rank import Doc, attention_scores
 from headwise.apps.spans import head_weights
 from headwise.core.headmap import HeadMap
 from headwise.errors import HeadwiseError
 from headwise.plots import rank_chart
+from headwise.scores.relevance import ndcg_at_10
 
 LATENCY_SIZES = (10, 20, 40)
-
-
-def ndcg_at_10(ranked: list[str], relevant: set[str]) -> float:
-    """Binary-relevance nDCG@10."""
-    gain = sum(1 / np.log2(i + 2) for i, d in enumerate(ranked[:10]) if d in relevant)
-    ideal = sum(1 / np.log2(i + 2) for i in range(min(10, len(relevant))))
-    return gain / ideal
 
 
 def load_beir(data: Path, split: str) -> tuple[dict[str, Doc], dict[str, str], dict[str, set[str]]]:
@@ -54,24 +49,14 @@ def load_beir(data: Path, split: str) -> tuple[dict[str, Doc], dict[str, str], d
     return corpus, queries, qrels
 
 
-def bm25_candidates(corpus: dict[str, Doc], queries: dict[str, str], k: int) -> dict[str, list[str]]:
-    """Top-k document ids per query from BM25 over the whole corpus (bm25s, English stop words, Snowball stems)."""
-    try:
-        import bm25s
-        import Stemmer
-    except ImportError:
-        raise HeadwiseError("the ranking benchmark needs BM25: pip install 'headwise[bench]'") from None
-    ids = list(corpus)
-    stemmer = Stemmer.Stemmer("english")
-    retriever = bm25s.BM25()
-    retriever.index(bm25s.tokenize([corpus[i].text for i in ids], stopwords="en", stemmer=stemmer, show_progress=False))
-    qids = list(queries)
-    hits, _ = retriever.retrieve(
-        bm25s.tokenize([queries[q] for q in qids], stopwords="en", stemmer=stemmer, show_progress=False),
-        k=k,
-        show_progress=False,
-    )
-    return {q: [ids[j] for j in row] for q, row in zip(qids, hits, strict=True)}
+def bm25_candidates(corpus: dict[str, Doc], queries: dict[str, str], k: int) -> dict[str, list[tuple[str, float]]]:
+    """Top-k (document id, BM25 score) per query over the whole corpus."""
+    ids, qids = list(corpus), list(queries)
+    hits, scores = bm25_top([corpus[i].text for i in ids], [queries[q] for q in qids], k)
+    return {
+        q: [(ids[j], float(s)) for j, s in zip(row, values, strict=True)]
+        for q, row, values in zip(qids, hits, scores, strict=True)
+    }
 
 
 class Embedder:
@@ -120,7 +105,10 @@ def rank_benchmark(
     against list size."""
     corpus, queries, qrels = load_beir(Path(data), split)
     qids = sorted(queries, key=lambda q: (len(q), q))[:limit]
-    pool = bm25_candidates(corpus, {q: queries[q] for q in qids}, max(candidates, *LATENCY_SIZES))
+    pool = {
+        q: [d for d, _ in hits]
+        for q, hits in bm25_candidates(corpus, {q: queries[q] for q in qids}, max(candidates, *LATENCY_SIZES)).items()
+    }
     choices = {
         "ICR, all heads": head_weights(model, None),
         "ICR, retrieval heads (top 5%)": head_weights(model, headmap, "5%"),

@@ -26,6 +26,8 @@ from headwise.core.shipped import cache_headmap
 from headwise.errors import HeadwiseError
 from headwise.eval.tasks import context_text
 
+FORMAT = "headwise.niah"
+
 
 @dataclass
 class Outcome:
@@ -41,6 +43,7 @@ class Outcome:
     full_kv_bytes: int | None = None
     seconds: float | None = None
     kept_needle: bool | None = None  # a reader: did the text it answered from hold the whole needle?
+    needle: str = ""  # the sentence hidden in the prompt
 
 
 @dataclass
@@ -73,10 +76,12 @@ class NiahResult:
                 acc[i, j] = np.mean(cell) if cell else np.nan
         return lengths, depths, acc
 
-    def save(self, path: str | Path) -> Path:
-        """Results JSON: settings, overall accuracy, the grid and every outcome."""
+    def to_dict(self) -> dict:
+        """The saved form (format headwise.niah): settings, overall accuracy, the grid and every outcome."""
         lengths, depths, acc = self.grid()
-        doc = {
+        return {
+            "format": FORMAT,
+            "version": 1,
             "model": self.model,
             "accuracy": self.accuracy,
             "correct": sum(o.correct for o in self.outcomes),
@@ -86,9 +91,12 @@ class NiahResult:
             "grid": {"lengths": lengths, "depths": depths, "accuracy": acc.tolist()},
             "outcomes": [asdict(o) for o in self.outcomes],
         }
+
+    def save(self, path: str | Path) -> Path:
+        """Write `to_dict()` as JSON."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(doc, indent=1))
+        path.write_text(json.dumps(self.to_dict(), indent=1))
         return path
 
     @property
@@ -123,6 +131,7 @@ def cache_answerer(
         return Outcome(
             test.length, test.depth, test.needle.question, test.needle.answer, response,
             is_correct(test.needle, response), held, full, round(time.perf_counter() - began, 2),
+            needle=test.needle.needle,
         )  # fmt: skip
 
     return answer
@@ -152,6 +161,7 @@ def reader_answerer(
         return Outcome(
             test.length, test.depth, test.needle.question, test.needle.answer, got.text,
             is_correct(test.needle, got.text), seconds=round(got.seconds, 2), kept_needle=kept,
+            needle=" ".join(test.facts) or test.needle.needle,
         )  # fmt: skip
 
     return answer

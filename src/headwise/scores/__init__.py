@@ -36,6 +36,12 @@ def profile(
     **options,
 ) -> HeadMap:
     """Score every head of `model` on `tests`: by the score kind named (retrieval, context, gates) with its
-    `options`, or by a Score object; returns the HeadMap, with how it was measured in its `method`."""
+    `options`, or by a Score object; returns the HeadMap, with how it was measured in its `method` and which
+    layers the model runs with a sliding window (their KV heads are never a head-wise cache's to choose)."""
+    from headwise.core.models import sliding_layers
+
     scorer = make_score(score, **options) if isinstance(score, str) else score
-    return scorer.measure(model, tokenizer, tests, progress=progress)
+    headmap = scorer.measure(model, tokenizer, tests, progress=progress)
+    if sliding := sliding_layers(model):
+        headmap.method["sliding_layers"] = sorted(sliding)
+    return headmap
