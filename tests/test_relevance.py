@@ -78,6 +78,18 @@ def test_the_cli_fuses_with_bm25_and_refuses_bad_input(tmp_path, smol):
     assert result.exit_code == 2 and "records no fusion weight" in result.output  # the needle map was not tuned
     result = run(app, ["profile", "--score", "relevance", "--docs", str(docs)])
     assert result.exit_code == 2 and "needs --queries, --docs and --qrels" in result.output
+    (tmp_path / "queries.jsonl").write_text("\n".join(json.dumps({"_id": q, "text": t}) for q, t in QUERIES.items()))
+    (tmp_path / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
+        f"{q}\t{d}\t1\n" for q, ds in QRELS.items() for d in ds
+    ))  # fmt: skip
+    files = ["--queries", str(tmp_path / "queries.jsonl"), "--docs", str(docs), "--qrels", str(tmp_path / "qrels.tsv")]
+    result = run(
+        app, ["profile", "--score", "relevance", *files, "--candidates", "6", "--out", str(tmp_path / "r.json")]
+    )
+    assert result.exit_code == 0 and "fused with BM25 at weight" in result.output, result.output
+    result = run(app, ["rank", "--query", QUERIES["q5"], "--docs", str(docs), "--heads", str(tmp_path / "r.json"),
+                       "--fuse", "bm25"])  # fmt: skip
+    assert result.exit_code == 0 and result.stdout.split()[2] == "rust", result.output
     (tmp_path / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\nq1\tbees\tx\n")
-    with pytest.raises(HeadwiseError, match="qrels.tsv:2"):
+    with pytest.raises(HeadwiseError, match=r"qrels\.tsv:2"):
         load_qrels(tmp_path / "qrels.tsv")

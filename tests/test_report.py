@@ -80,6 +80,17 @@ def test_the_budget_control_shows_what_the_cache_keeps(smol):
     assert all(l % 6 == 5 for p in gemma["plans"] for l, _ in p.get("full", []))  # only global layers are chosen
 
 
+def test_passages_at_the_edges_of_the_input_are_shown_whole():
+    source = "First words here. " + "Middle sentence. " * 100 + "The last words."
+    edges = [(0, 17, 1.0, True), (len(source) - 15, len(source), 0.5, False)]
+    passages = [{"start": a, "end": b, "score": s, "given": g} for a, b, s, g in edges]
+    view = reader_view({"source": source, "passages": passages})
+    kept = [s["text"] for s in view["segments"] if s["kind"] == "passage"]
+    assert kept == ["First words here.", "The last words."] and view["segments"][-1]["kind"] == "passage"
+    gaps = iter(view["gaps"])
+    assert "".join(s["text"] if s["kind"] != "gap" else next(gaps) for s in view["segments"]) == source
+
+
 def test_user_text_is_escaped(results, tmp_path):
     doc = results["answer"].to_dict()
     doc["question"] = "<script>alert('q')</script>"

@@ -19,7 +19,7 @@ from headwise.errors import HeadwiseError
 from headwise.eval.beir import bm25_candidates
 from headwise.scores.relevance import ndcg_at_10, relevance_headmap
 
-TOPS = (4, 8, 16, 32)  # head counts tried
+TOPS = (1, 2, 4, 8, 16, 32)  # head counts tried; which one is chosen on the labelled queries
 WEIGHTS = tuple(round(0.05 * i, 2) for i in range(21))  # fusion weights tried (1: attention only)
 
 

@@ -15,6 +15,7 @@ from headwise.report import sources, views
 from headwise.version import __version__
 
 Item = str | Path | HeadMap | dict | list  # a result file or run folder, a head map, a result or its to_dict()
+DRAWN_BY = {"ablation": views.ablation_view, "niah": views.niah_view, "answer": views.reader_view}
 LABELS = {"headmap": "Head map", "ablation": "Ablation", "niah": "Needle test", "answer": "Reader answer"}
 
 
@@ -38,9 +39,7 @@ def _view(source: sources.Source, context_length: int, sink: int, window: int) -
     """What the template needs to draw one source."""
     if source.kind == "headmap":
         return views.headmap_view(source.doc, context_length, sink, window)
-    return {"ablation": views.ablation_view, "niah": views.niah_view, "answer": views.reader_view}[source.kind](
-        source.doc
-    )
+    return DRAWN_BY[source.kind](source.doc)
 
 
 def render(

@@ -12,7 +12,6 @@ from headwise.core.headmap import FORMAT as HEADMAP_FORMAT
 from headwise.core.headmap import HeadMap
 from headwise.errors import HeadwiseError
 
-KINDS = ("headmap", "ablation", "niah", "answer")
 FORMATS = {
     HEADMAP_FORMAT: "headmap",
     "headwise.ablation": "ablation",

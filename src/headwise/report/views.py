@@ -119,6 +119,8 @@ def niah_view(doc: dict) -> dict:
 
 def _snap(text: str, at: int, forward: bool) -> int:
     """`at` moved to the nearest whitespace in its direction (within 40 characters), so cuts fall between words."""
+    if at >= len(text):
+        return len(text)
     step = 1 if forward else -1
     for i in range(at, max(0, min(len(text), at + step * 40)), step):
         if text[i].isspace():
