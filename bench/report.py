@@ -132,7 +132,7 @@ def main() -> None:
     from playwright.sync_api import sync_playwright
 
     from headwise.core.shipped import shipped_headmap
-    from headwise.report import report
+    from headwise.reports import report
 
     headmap = shipped_headmap(args.model)
     runs = [folder.relative_to(ROOT) / f for f in ("ablation.json", "niah.json", "answer-128k.json")]

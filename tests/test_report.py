@@ -17,8 +17,8 @@ from headwise.eval.ablate import ablate
 from headwise.eval.grids import NeedleGrid
 from headwise.eval.niah import run_niah
 from headwise.eval.tasks import needle_tests
-from headwise.report import report
-from headwise.report.views import headmap_view, reader_view
+from headwise.reports import report
+from headwise.reports.views import headmap_view, reader_view
 
 NEEDLE = "The lighthouse keeper's parrot is called Admiral Pepper."
 QUESTION = "What is the lighthouse keeper's parrot called?"

@@ -7,7 +7,7 @@ from pathlib import Path
 import headwise
 
 PACKAGE = Path(headwise.__file__).parent
-LAYERS = ["core", "scores", "apps", "eval", "report", "cli"]  # a layer may import only from layers before it
+LAYERS = ["core", "scores", "apps", "eval", "reports", "cli"]  # a layer may import only from layers before it
 LEAVES = {"errors", "plots", "version"}  # importable from anywhere; import nothing of headwise's above core
 
 
@@ -58,3 +58,6 @@ def test_modules_stay_small_and_the_api_is_public():
     assert (PACKAGE / "py.typed").is_file()
     for name in headwise.__all__:
         assert getattr(headwise, name) is not None
+    # importing a subpackage binds its name on headwise: a public name must not be one, or it turns into a module
+    submodules = {p.stem for p in PACKAGE.iterdir() if p.suffix == ".py" or (p.is_dir() and p.name != "__pycache__")}
+    assert not submodules & set(headwise.__all__), submodules & set(headwise.__all__)

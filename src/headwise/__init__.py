@@ -44,7 +44,7 @@ _EXPORTS = {
     "load_haystack": "headwise.eval.haystack",
     "ablate": "headwise.eval.ablate",
     "run_niah": "headwise.eval.niah",
-    "report": "headwise.report",
+    "report": "headwise.reports",
     "HeadwiseError": "headwise.errors",
 }
 
@@ -99,7 +99,7 @@ if TYPE_CHECKING:
     from headwise.eval.haystack import load_haystack
     from headwise.eval.niah import run_niah
     from headwise.eval.tasks import load_needles, needle_tests
-    from headwise.report import report
+    from headwise.reports import report
     from headwise.scores import profile
 
 

@@ -72,7 +72,7 @@ def rank_cmd(
     optionally fused with a first-stage score."""
     import time
 
-    from headwise.apps.rank import fusion_weight, load_docs, rank
+    from headwise.apps.rank import load_docs, rank
 
     candidates = load_docs(docs)
     if not query.strip():
@@ -83,8 +83,6 @@ def rank_cmd(
     check_dtype(dtype)
     m, tok = load(model, dtype, device)
     hm = heads_map(heads, model, m)
-    if first_stage is not None and weight is None:
-        weight = fusion_weight(hm)
     began = time.perf_counter()
     order = rank(m, tok, query, candidates, headmap=hm, top=top, fuse=first_stage, weight=weight)
     if as_json:
@@ -154,7 +152,7 @@ def read_cmd(
     if out:
         typer.echo(f"wrote {answer.save(out)}", err=True)
     if html:
-        from headwise.report import report
+        from headwise.reports import report
 
         typer.echo(f"wrote {report([answer], html)}", err=True)
     if as_json:

@@ -96,7 +96,7 @@ def profile_cmd(
         )
         typer.echo(f"wrote {path} and {headmap.plot(path.with_suffix('.png'))}")
         if html:
-            from headwise.report import report
+            from headwise.reports import report
 
             typer.echo(f"wrote {report([headmap], html)}")
         return
@@ -132,7 +132,7 @@ def profile_cmd(
 def _relevance_map(model: str, dtype: str, device, queries, docs, qrels, limit: int, candidates: int):
     """A relevance head map from labelled queries, their files checked before the model loads."""
     from headwise.apps.rank import load_docs
-    from headwise.eval.relevance import load_qrels, load_queries
+    from headwise.eval.relevance import load_qrels, load_queries, profile_relevance
 
     if None in (queries, docs, qrels):
         raise HeadwiseError("--score relevance needs --queries, --docs and --qrels (labelled training queries)")
@@ -140,8 +140,6 @@ def _relevance_map(model: str, dtype: str, device, queries, docs, qrels, limit: 
         raise HeadwiseError(f"need --limit >= 1 and --candidates >= 2, got {limit} and {candidates}")
     texts, corpus, relevant = load_queries(queries), load_docs(docs), load_qrels(qrels)
     check_dtype(dtype)
-    from headwise.eval.relevance import profile_relevance
-
     m, tok = load(model, dtype, device)
     return profile_relevance(m, tok, texts, corpus, relevant, limit, candidates)
 

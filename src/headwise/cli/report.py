@@ -25,7 +25,7 @@ def report_cmd(
     window: Annotated[int, typer.Option(help="head maps: least recent tokens of the windowed KV heads")] = WINDOW,
 ) -> None:
     """Write one HTML page (opens from disk, no network) of head maps, ablations, needle runs and reader answers."""
-    from headwise.report import report
+    from headwise.reports import report
 
     path = report(runs, out, title, context, sink, window)
     typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): open it in a browser")

@@ -1,6 +1,6 @@
 """Reports: one self-contained HTML page (no server, no network) of head maps, ablations, needle runs and
 reader answers, to look at rather than read. `report([...], "report.html")` writes it."""
 
-from headwise.report.page import report
+from headwise.reports.page import report
 
 __all__ = ["report"]

@@ -11,7 +11,7 @@ from pathlib import Path
 from headwise.core.headmap import HeadMap
 from headwise.core.policy import SINK, WINDOW
 from headwise.errors import HeadwiseError
-from headwise.report import sources, views
+from headwise.reports import sources, views
 from headwise.version import __version__
 
 Item = str | Path | HeadMap | dict | list  # a result file or run folder, a head map, a result or its to_dict()
@@ -57,7 +57,7 @@ def render(
     for source in found:
         view = _view(source, context_length, sink, window)
         sections.append({"kind": source.kind, "name": source.name, "view": view, "label": _label(source, view)})
-    files = resources.files("headwise.report").joinpath("templates")
+    files = resources.files("headwise.reports").joinpath("templates")
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(files)), autoescape=True, undefined=jinja2.StrictUndefined
     )
