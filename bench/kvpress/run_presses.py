@@ -1,10 +1,11 @@
-"""Run kvpress presses on needle prompts exported by bench/kv_cache.py; runs inside .venv-kvpress.
+"""Run kvpress presses on prompts exported by bench/kv_cache.py or bench/ruler_kvpress.py; runs inside .venv-kvpress.
 
     .venv-kvpress/bin/python bench/kvpress/run_presses.py TESTS.json OUT.json
 
 It does not import headwise (kvpress pins an older transformers). The prompts arrive as token ids
 split into context and question, so both sides see identical tokens; kvpress compresses the
-context during prefill and answers greedily with its own pipeline code. Answers are scored on the
+context during prefill and answers greedily with its own pipeline code (a test may carry its own
+max_new_tokens). Answers are scored on the
 headwise side, with the same rule as every other method.
 """
 
@@ -57,7 +58,7 @@ def main() -> None:
                 with torch.inference_mode():
                     answer = pipe._forward(
                         {"context_ids": context, "questions_ids": [question]},
-                        max_new_tokens=spec["max_new_tokens"],
+                        max_new_tokens=test.get("max_new_tokens", spec["max_new_tokens"]),
                         press=PRESSES[name](1.0 - budget),
                         cache=cache,
                     )[0]

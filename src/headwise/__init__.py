@@ -44,6 +44,8 @@ _EXPORTS = {
     "load_haystack": "headwise.eval.haystack",
     "ablate": "headwise.eval.ablate",
     "run_niah": "headwise.eval.niah",
+    "run_ruler": "headwise.eval.ruler",
+    "RulerResult": "headwise.eval.ruler",
     "report": "headwise.reports",
     "HeadwiseError": "headwise.errors",
 }
@@ -60,6 +62,7 @@ __all__ = [
     "Needle",
     "NeedleGrid",
     "ReaderConfig",
+    "RulerResult",
     "__version__",
     "ablate",
     "attach",
@@ -77,6 +80,7 @@ __all__ = [
     "read",
     "report",
     "run_niah",
+    "run_ruler",
     "shipped_headmap",
 ]
 
@@ -98,6 +102,7 @@ if TYPE_CHECKING:
     from headwise.eval.grids import NeedleGrid
     from headwise.eval.haystack import load_haystack
     from headwise.eval.niah import run_niah
+    from headwise.eval.ruler import RulerResult, run_ruler
     from headwise.eval.tasks import load_needles, needle_tests
     from headwise.reports import report
     from headwise.scores import profile

@@ -91,3 +91,20 @@ def rank_chart(rows: list[dict], latency: list[dict], title: str, path: str | Pa
     b.set_ylim(bottom=0)
     fig.suptitle(title)
     return _save(fig, path)
+
+
+def ruler_bars(rows: list[dict], title: str, path: str | Path) -> Path:
+    """RULER scores per task, one bar per row (a method at a length), RULER's average last. `rows` hold
+    "label", "average" and a 0-100 score per task."""
+    tasks = [k for k in rows[0] if k not in ("label", "average")] + ["average"]
+    fig, ax = _figure(max(6.0, 0.55 * len(tasks) * max(1, len(rows)) ** 0.5 + 3), 4.2)
+    x = np.arange(len(tasks))
+    width = 0.8 / len(rows)
+    for i, row in enumerate(rows):
+        ax.bar(x + (i - (len(rows) - 1) / 2) * width, [row.get(t, np.nan) for t in tasks], width, label=row["label"])
+    ax.set_xticks(x, tasks, rotation=40, ha="right", fontsize=8)
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("RULER score")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="upper right")
+    return _save(fig, path)

@@ -4,6 +4,7 @@ the order their modules register them: needle tests first, then the applications
 
 # isort: off
 from headwise.cli import needles  # noqa: F401
+from headwise.cli import ruler  # noqa: F401
 from headwise.cli import apps  # noqa: F401
 from headwise.cli import report  # noqa: F401
 

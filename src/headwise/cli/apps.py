@@ -117,9 +117,9 @@ def read_cmd(
     file: Annotated[Path, typer.Option(help="UTF-8 text file of any length")],
     question: Annotated[str, typer.Option(help="the question to answer from the text")],
     model: Model = DEFAULT_MODEL,
-    dtype: Annotated[str, typer.Option(help="float32, bfloat16 (default here: ~5x faster on CPU) or float16")] = (
-        "bfloat16"
-    ),
+    dtype: Annotated[
+        str, typer.Option(help="auto (bfloat16 where it is fast: ~5x on CPUs with AVX-512 BF16), float32, ...")
+    ] = "auto",
     device: Device = None,
     heads: Heads = "retrieval",
     top: Top = str(READER_DEFAULTS.top),

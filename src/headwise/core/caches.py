@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from transformers import Cache, DynamicCache
 
-from headwise.core.cache import HeadwiseCache
+from headwise.core.cache import HeadwiseCache, HeadwiseLayer
 from headwise.core.headmap import HeadMap
 from headwise.core.hooks import attach
 from headwise.core.models import model_shape
@@ -45,6 +46,21 @@ def window_cache(model: PreTrainedModel, policy: CachePolicy, length: int, headm
 def build_cache(model: PreTrainedModel, policy: CachePolicy, length: int, headmap: HeadMap | None = None) -> Cache:
     """An empty cache of `policy`'s kind for a prompt of `length` tokens (the headwise kind ranks by `headmap`)."""
     return lookup(CACHES, policy.kind, "cache")(model, policy, length, headmap)
+
+
+def from_prefill(prefilled: DynamicCache, cache: Cache) -> Cache:
+    """`cache`, empty and of any kind build_cache makes, given what it would hold after a one-shot prefill
+    whose keys and values the full cache `prefilled` holds: every kind attends in full during a one-shot
+    prefill and compresses after it, so one prefill serves every cache compared on a prompt."""
+    if len(prefilled.layers) != len(cache.layers):
+        raise HeadwiseError(f"the prefilled cache has {len(prefilled.layers)} layers, this one {len(cache.layers)}")
+    for i, (done, layer) in enumerate(zip(prefilled.layers, cache.layers, strict=True)):
+        if isinstance(layer, HeadwiseLayer):
+            layer.update(done.keys, done.values)  # keeps its heads' share of the prompt, as a prefill would
+            layer.step = None
+        else:  # a plain or sliding layer holds what the prefill left; updates replace its tensors, never edit them
+            cache.layers[i] = copy.copy(done)
+    return cache
 
 
 @contextmanager

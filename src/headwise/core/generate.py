@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import Cache, DynamicCache
 
-from headwise.core.hooks import AttentionHook, attach
+from headwise.core.hooks import AttentionHook, attach, attached
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -45,15 +45,31 @@ def greedy_tokens(
     each decode step (one query row), `on_step(token)` gets the token that step produced. `cache` (default: a
     fresh DynamicCache) lets a caller decode with a compressed cache, attached here if it is a hook, or read
     the prompt's keys and values afterwards."""
-    stops = stop_ids(model, tokenizer)
     cache = DynamicCache(config=model.config) if cache is None else cache
-    device = model.device
     with attach(model, cache) if isinstance(cache, AttentionHook) else contextlib.nullcontext():
-        out = model(ids[None].to(device), cache=cache, use_cache=True, logits_to_keep=1)
-        token = int(out.logits[0, -1].argmax())
-        produced = [token]
+        out = model(ids[None].to(model.device), cache=cache, use_cache=True, logits_to_keep=1)
+        first = int(out.logits[0, -1].argmax())
+        return decode(model, tokenizer, first, cache, max_new_tokens, on_step)
+
+
+@torch.inference_mode()
+def decode(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    first: int,
+    cache: Cache,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    on_step: Callable[[int], None] | None = None,
+) -> list[int]:
+    """Greedy decoding on from a prefilled `cache` whose prompt's next token is `first`: the tokens
+    produced, `first` included, until a stop token or `max_new_tokens`. Attaches `cache` if it is a hook
+    and not attached already."""
+    stops = stop_ids(model, tokenizer)
+    hooked = isinstance(cache, AttentionHook) and all(h is not cache for h in attached(model))
+    with attach(model, cache) if hooked else contextlib.nullcontext():
+        token, produced = first, [first]
         while token not in stops and len(produced) < max_new_tokens:
-            out = model(torch.tensor([[token]], device=device), cache=cache, use_cache=True)
+            out = model(torch.tensor([[token]], device=model.device), cache=cache, use_cache=True)
             token = int(out.logits[0, -1].argmax())
             produced.append(token)
             if on_step is not None:

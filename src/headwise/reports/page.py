@@ -15,8 +15,12 @@ from headwise.reports import sources, views
 from headwise.version import __version__
 
 Item = str | Path | HeadMap | dict | list  # a result file or run folder, a head map, a result or its to_dict()
-DRAWN_BY = {"ablation": views.ablation_view, "niah": views.niah_view, "answer": views.reader_view}
-LABELS = {"headmap": "Head map", "ablation": "Ablation", "niah": "Needle test", "answer": "Reader answer"}
+DRAWN_BY = {
+    "ablation": views.ablation_view, "niah": views.niah_view, "answer": views.reader_view, "ruler": views.ruler_view
+}  # fmt: skip
+LABELS = {
+    "headmap": "Head map", "ablation": "Ablation", "niah": "Needle test", "answer": "Reader answer", "ruler": "RULER"
+}  # fmt: skip
 
 
 def _source(item: Item | object, position: int) -> sources.Source:

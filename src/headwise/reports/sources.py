@@ -1,4 +1,4 @@
-"""What a report can show, read from disk: head maps, ablation results, needle runs and reader answers,
+"""What a report can show, read from disk: head maps, ablation results, needle and RULER runs, reader answers,
 recognised by their "format" field (or, for files written before it existed, by their keys). Run folders
 are searched for the result file they hold."""
 
@@ -17,10 +17,11 @@ FORMATS = {
     "headwise.ablation": "ablation",
     "headwise.niah": "niah",
     "headwise.answer": "answer",
+    "headwise.ruler": "ruler",
 }
 IN_FOLDERS = ("results.json", "ablation.json", "answer.json")  # what a run folder's result is called
 EXPECTED = (
-    "a head map (headwise profile), ablation.json (headwise ablate), results.json (headwise niah) "
+    "a head map (headwise profile), ablation.json (headwise ablate), results.json (headwise niah or ruler) "
     "or a reader answer (headwise read --out)"
 )
 

@@ -117,6 +117,26 @@ def niah_view(doc: dict) -> dict:
     }  # fmt: skip
 
 
+def ruler_view(doc: dict) -> dict:
+    """Tasks (columns, RULER's average first) x methods at each length (rows), a colour per score, and each
+    row's outcomes for a look at what the model answered."""
+    tasks = list(dict.fromkeys(o["task"] for o in doc["outcomes"]))
+    rows = []
+    for r in doc["scores"]:
+        cells = []
+        for task in ["average", *tasks]:
+            value = r.get(task)
+            fill = "#eeeeee" if value is None else colour("RdYlGn", value / 100)
+            cells.append({"value": value, "fill": fill, "ink": ink(fill), "task": task})
+        chosen = [o for o in doc["outcomes"] if (o["method"], o["length"]) == (r["method"], r["length"])]
+        held = [o["kv_bytes"] / o["full_kv_bytes"] for o in chosen if o.get("full_kv_bytes")]
+        rows.append({
+            "method": r["method"], "length": r["length"], "cells": cells, "outcomes": chosen,
+            "kv": sum(held) / len(held) if held else None,
+        })  # fmt: skip
+    return {"model": doc.get("model", ""), "tasks": tasks, "rows": rows, "settings": doc.get("settings", {})}
+
+
 def _snap(text: str, at: int, forward: bool) -> int:
     """`at` moved to the nearest whitespace in its direction (within 40 characters), so cuts fall between words."""
     if at >= len(text):

@@ -1,0 +1,136 @@
+"""RULER with every headwise cache at several KV budgets, each sample prefilled once (run_ruler derives every
+cache from that prefill), scored by RULER's metrics.
+
+    python -m bench.ruler --model smollm2-135m --lengths 4096 --samples 5      # ~45 min on 2 CPU cores (fp32)
+    python -m bench.ruler --reader --lengths 32768 --tasks niah_single_1,niah_single_2 --samples 2
+
+Methods: the full cache; `headwise-B` (the shipped cache map's top KV heads in full, sink + window for the
+rest, within budget B); `window-B` (sink + recent window on every head, StreamingLLM); with --reader,
+read() through the shipped retrieval map's heads at any length, counting answers in the evidence given
+to the model apart from answers right. Writes
+bench/results/<model>/ruler/<--name>.json (every outcome), .md (per-task table, answers kept/lost/won vs the
+full cache) and .png (RULER average vs KV budget).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+import headwise as hw
+from bench.common import command, results_dir, write_json, write_markdown
+from headwise.core.policy import CachePolicy
+from headwise.eval.ruler import run_ruler
+
+
+def kept_lost(result, method: str) -> tuple[int, int, int]:
+    """(answers kept, lost, won) by `method` against the full cache: a sample counts as right at score 100."""
+    full = {(o.task, o.length, o.index): o.score == 100 for o in result.outcomes if o.method == "full"}
+    mine = {(o.task, o.length, o.index): o.score == 100 for o in result.outcomes if o.method == method}
+    kept = sum(full[k] and mine[k] for k in mine)
+    lost = sum(full[k] and not mine[k] for k in mine)
+    won = sum(mine[k] and not full[k] for k in mine)
+    return kept, lost, won
+
+
+def plot_budgets(result, path, title: str) -> None:
+    """RULER average vs KV budget, one line per cache kind ("headwise-30%" -> headwise), full as a line."""
+    from headwise.plots import _figure, _save
+
+    lines: dict[str, list[tuple[float, float]]] = {}
+    fig, ax = _figure(6.5, 4.2)
+    for (method, _), row in result.scores().items():
+        if method == "full":
+            ax.axhline(row["average"], color="black", linestyle="--", label="full cache")
+        else:
+            kind, budget = method.rsplit("-", 1)
+            lines.setdefault(kind, []).append((float(budget.rstrip("%")), row["average"]))
+    for kind, points in lines.items():
+        width = 2.5 if kind == "headwise" else 1.2
+        ax.plot(*zip(*sorted(points), strict=True), marker="o", label=kind, linewidth=width)
+    ax.set_xlabel("KV budget (% of the full cache)")
+    ax.set_ylabel("RULER average")
+    ax.set_ylim(0, 100)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def write(result, out, name: str, note: str = "") -> None:
+    """The run's JSON (every outcome), markdown (summary vs the full cache, then per task) and plots."""
+    write_json(out / f"{name}.json", {"command": command(), **result.to_dict()})
+    scores = result.scores()
+    full = {n: row["average"] for (m, n), row in scores.items() if m == "full"}
+    rows = ["| method | length | RULER average | % of full | KV held | kept / lost / won vs full | s per answer |",
+            "|---|---:|---:|---:|---:|---|---:|"]  # fmt: skip
+    for (method, length), row in scores.items():
+        if length not in full:
+            continue
+        ratio = result.kv_ratio(method)
+        k, lost, won = kept_lost(result, method)
+        secs = np.mean([o.seconds for o in result.outcomes if o.method == method])
+        rows.append(
+            f"| {method} | {length} | {row['average']:.1f} | {row['average'] / max(full[length], 1e-9):.0%} | "
+            f"{'–' if ratio is None else f'{ratio:.0%}'} | {k} / {lost} / {won} | {secs:.2f} |"
+        )
+    read = [o for o in result.outcomes if o.in_evidence is not None]
+    if read:
+        rows = ["| method | length | RULER average | answers in the evidence given | answers right | s per sample | "
+                "tokens/s |", "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+        for (method, length), row in scores.items():
+            mine = [o for o in read if (o.method, o.length) == (method, length)]
+            secs = np.mean([o.seconds for o in mine])
+            rows.append(
+                f"| {method} | {length} | {row['average']:.1f} | {sum(o.in_evidence for o in mine)}/{len(mine)} | "
+                f"{sum(o.score == 100 for o in mine)}/{len(mine)} | {secs:.1f} | "
+                f"{np.mean([o.prompt_tokens for o in mine]) / secs:.0f} |"
+            )
+    timed = [o for o in result.outcomes if o.prefill_seconds]
+    prefill = np.mean([o.prefill_seconds for o in timed]) if timed else float("nan")
+    tokens = np.mean([o.prompt_tokens for o in timed]) if timed else float("nan")
+    settings = result.settings
+    about = (
+        f"`{command()}` — {result.model}, {settings['dtype']}, seed {settings['seed']}, {settings['samples']} "
+        f"samples per task; RULER {settings['ruler']['version']} generators and metrics. Deviations: "
+        + "; ".join(f"{k}: {v}" for k, v in settings["deviations"].items())
+        + f". One prefill per sample ({tokens:.0f} tokens, {prefill:.1f} s, {tokens / prefill:.0f} tokens/s) "
+        "serves every headwise cache; 's per answer' is each cache's decoding after it. A sample counts as "
+        "right at score 100." + note
+    )
+    write_markdown(out / f"{name}.md", f"RULER · {result.model}", about, [*rows, "", result.markdown()])
+    lengths = ", ".join(map(str, settings["lengths"]))
+    plot_budgets(result, out / f"{name}.png", f"{result.model} · RULER {lengths} tokens")
+    result.plot(out / f"{name}-tasks.png")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--lengths", default="4096")
+    parser.add_argument("--tasks", default="all")
+    parser.add_argument("--samples", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--headwise", default="0.1,0.2,0.3,0.5", help="budgets of the headwise cache")
+    parser.add_argument("--window", default="0.3,0.5", help="budgets of the sink + window cache")
+    parser.add_argument("--reader", action="store_true", help="read every sample with read() instead of caches")
+    parser.add_argument("--name", default=None)
+    args = parser.parse_args()
+    model, tokenizer = hw.load_model(args.model, dtype=args.dtype)
+    lengths = tuple(int(n) for n in args.lengths.split(","))
+    if args.reader:
+        headmap = hw.shipped_headmap(args.model)
+        result = run_ruler(model, tokenizer, args.tasks, lengths, args.samples, None, headmap, hw.ReaderConfig(),
+                           seed=args.seed)  # fmt: skip
+        write(result, results_dir(args.model, "ruler"), args.name or f"ruler-reader-{'-'.join(map(str, lengths))}")
+        return
+    caches = [CachePolicy("full")]
+    caches += [CachePolicy("headwise", float(b)) for b in args.headwise.split(",") if b]
+    caches += [CachePolicy("window", float(b)) for b in args.window.split(",") if b]
+    result = run_ruler(model, tokenizer, args.tasks, lengths, args.samples, caches, seed=args.seed)
+    write(result, results_dir(args.model, "ruler"), args.name or f"ruler-{'-'.join(map(str, lengths))}")
+
+
+if __name__ == "__main__":
+    main()
