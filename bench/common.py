@@ -58,3 +58,30 @@ def accuracy(model, tokenizer, tests: list, desc: str = "tests") -> float:
 
     outcomes = evaluate(model, tokenizer, tests, desc=desc)
     return sum(o.correct for o in outcomes) / len(outcomes)
+
+
+def matmul_tflops(dtype: str, size: int = 2048, repeats: int = 5) -> float:
+    """What this machine's CPU/GPU does per second on one large matmul in `dtype` (TFLOP/s): the ceiling a
+    model's forward pass is compared with, measured in the same run because machines vary day to day."""
+    import time
+
+    import torch
+
+    a = torch.randn(size, size, dtype=getattr(torch, dtype))
+    a @ a  # warm-up
+    began = time.perf_counter()
+    for _ in range(repeats):
+        a @ a
+    return 2 * size**3 * repeats / (time.perf_counter() - began) / 1e12
+
+
+def prefill_tflop(config, tokens: int) -> float:
+    """TFLOP of one causal prefill of `tokens` tokens: 2 per weight per token in the layers (embeddings and
+    the output head left out: the output head runs on the last token only), plus causal attention's two
+    matmuls (QK^T and AV, half the square each)."""
+    hidden, layers = config.hidden_size, config.num_hidden_layers
+    heads, kv = config.num_attention_heads, config.num_key_value_heads
+    dim = getattr(config, "head_dim", None) or hidden // heads
+    per_layer = hidden * dim * (2 * heads + 2 * kv) + 3 * hidden * config.intermediate_size
+    attention = 2 * 2 * heads * dim * tokens * tokens / 2
+    return layers * (2 * per_layer * tokens + attention) / 1e12

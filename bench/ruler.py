@@ -15,11 +15,13 @@ full cache) and .png (RULER average vs KV budget).
 from __future__ import annotations
 
 import argparse
+import json
 
 import numpy as np
 
 import headwise as hw
-from bench.common import command, results_dir, write_json, write_markdown
+from bench.common import command as this_command
+from bench.common import matmul_tflops, prefill_tflop, results_dir, write_json, write_markdown
 from headwise.core.policy import CachePolicy
 from headwise.eval.ruler import run_ruler
 
@@ -57,9 +59,24 @@ def plot_budgets(result, path, title: str) -> None:
     _save(fig, path)
 
 
-def write(result, out, name: str, note: str = "") -> None:
-    """The run's JSON (every outcome), markdown (summary vs the full cache, then per task) and plots."""
-    write_json(out / f"{name}.json", {"command": command(), **result.to_dict()})
+def efficiency(result, config) -> str:
+    """The prefill's throughput as a share of one large matmul's, both measured now on this machine."""
+    timed = [o for o in result.outcomes if o.prefill_seconds]
+    if not timed:
+        return ""
+    ceiling = matmul_tflops(result.settings["dtype"])
+    done = sum(prefill_tflop(config, o.prompt_tokens) for o in timed) / sum(o.prefill_seconds for o in timed)
+    return (
+        f" Prefill reached {done:.3f} TFLOP/s, {done / ceiling:.0%} of a {result.settings['dtype']} 2048^3 matmul "
+        f"on this machine in the same run ({ceiling:.3f} TFLOP/s)."
+    )
+
+
+def write(result, out, name: str, note: str = "", command: str | None = None) -> None:
+    """The run's JSON (every outcome), markdown (summary vs the full cache, then per task) and plots;
+    `command` is what made the run (default: this process's command line)."""
+    command = command or this_command()
+    write_json(out / f"{name}.json", {"command": command, **result.to_dict()})
     scores = result.scores()
     full = {n: row["average"] for (m, n), row in scores.items() if m == "full"}
     rows = ["| method | length | RULER average | % of full | KV held | kept / lost / won vs full | s per answer |",
@@ -91,7 +108,7 @@ def write(result, out, name: str, note: str = "") -> None:
     tokens = np.mean([o.prompt_tokens for o in timed]) if timed else float("nan")
     settings = result.settings
     about = (
-        f"`{command()}` — {result.model}, {settings['dtype']}, seed {settings['seed']}, {settings['samples']} "
+        f"`{command}` — {result.model}, {settings['dtype']}, seed {settings['seed']}, {settings['samples']} "
         f"samples per task; RULER {settings['ruler']['version']} generators and metrics. Deviations: "
         + "; ".join(f"{k}: {v}" for k, v in settings["deviations"].items())
         + f". One prefill per sample ({tokens:.0f} tokens, {prefill:.1f} s, {tokens / prefill:.0f} tokens/s) "
@@ -102,6 +119,23 @@ def write(result, out, name: str, note: str = "") -> None:
     lengths = ", ".join(map(str, settings["lengths"]))
     plot_budgets(result, out / f"{name}.png", f"{result.model} · RULER {lengths} tokens")
     result.plot(out / f"{name}-tasks.png")
+
+
+def rewrite(model: str, name: str) -> None:
+    """The markdown and plots of a saved run again (its JSON keeps its own command); the matmul ceiling is
+    measured now, so the efficiency line says it was measured after the run."""
+    from transformers import AutoConfig
+
+    from headwise.core.models import resolve
+    from headwise.eval.ruler import RulerOutcome, RulerResult
+
+    out = results_dir(model, "ruler")
+    doc = json.loads((out / f"{name}.json").read_text())
+    result = RulerResult(doc["model"], [RulerOutcome(**o) for o in doc["outcomes"]], doc["settings"])
+    where, gguf = resolve(model)
+    config = AutoConfig.from_pretrained(where, gguf_file=gguf) if gguf else AutoConfig.from_pretrained(where)
+    note = efficiency(result, config).replace("in the same run", "measured right after the run")
+    write(result, out, name, note, command=doc["command"])
 
 
 def main() -> None:
@@ -116,7 +150,11 @@ def main() -> None:
     parser.add_argument("--window", default="0.3,0.5", help="budgets of the sink + window cache")
     parser.add_argument("--reader", action="store_true", help="read every sample with read() instead of caches")
     parser.add_argument("--name", default=None)
+    parser.add_argument("--rewrite", default=None, help="re-make the tables and plots of a saved run (its name)")
     args = parser.parse_args()
+    if args.rewrite:
+        rewrite(args.model, args.rewrite)
+        return
     model, tokenizer = hw.load_model(args.model, dtype=args.dtype)
     lengths = tuple(int(n) for n in args.lengths.split(","))
     if args.reader:
@@ -129,7 +167,8 @@ def main() -> None:
     caches += [CachePolicy("headwise", float(b)) for b in args.headwise.split(",") if b]
     caches += [CachePolicy("window", float(b)) for b in args.window.split(",") if b]
     result = run_ruler(model, tokenizer, args.tasks, lengths, args.samples, caches, seed=args.seed)
-    write(result, results_dir(args.model, "ruler"), args.name or f"ruler-{'-'.join(map(str, lengths))}")
+    name = args.name or f"ruler-{'-'.join(map(str, lengths))}"
+    write(result, results_dir(args.model, "ruler"), name, efficiency(result, model.config))
 
 
 if __name__ == "__main__":

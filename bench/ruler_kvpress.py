@@ -84,10 +84,11 @@ def main() -> None:
                 round(per, 2),
             ))  # fmt: skip
     kept = {**settings, "samples": count, "tasks": tasks, "kvpress": answered["kvpress_version"]}
+    held = ", ".join(f"{r['method']}-{r['budget']:.0%} {r['kv_ratio']:.0%}" for r in answered["rows"])
     note = (
         f" kvpress {answered['kvpress_version']} rows: its own prefill and pipeline per sample (context = the "
-        "prompt up to the end of RULER's context), 's per answer' = its prefill + decoding; its KV share is not "
-        "measured here."
+        "prompt up to the end of RULER's context), 's per answer' = its prefill + decoding; the share of the "
+        f"context's KV entries each press held after answering (its own count): {held}."
     )
     write(RulerResult(run["model"], outcomes, kept), out, f"{args.run}-kvpress", note)
 
