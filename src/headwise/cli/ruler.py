@@ -21,14 +21,13 @@ from headwise.cli.common import (
     Unit,
     _numbers,
     app,
-    check_window,
     heads_map,
     load,
     reader_config,
     slug,
     user_errors,
 )
-from headwise.core.models import DEFAULT_MODEL, check_dtype
+from headwise.core.models import DEFAULT_MODEL, SHIPPED_WINDOWS, check_dtype
 from headwise.core.policy import SINK, WINDOW, CachePolicy
 from headwise.errors import HeadwiseError
 
@@ -82,8 +81,12 @@ def ruler_cmd(
     names = check_tasks(tasks)
     package_dir()  # the generators are installed
     config = reader_config(top, chunk, keep, unit, pool, focus) if reader == "headwise" else None
-    if config is None:
-        check_window(model, tuple(n - 128 for n in sizes))  # RULER's lengths include the answer
+    window = SHIPPED_WINDOWS.get(model)
+    if config is None and window and max(sizes) > window:
+        raise HeadwiseError(
+            f"--lengths {max(sizes)} exceeds {model}'s window of {window} tokens (RULER's lengths include the "
+            "answer); use lengths up to that, or --reader headwise to read beyond it"
+        )
     check_dtype(dtype)
     import headwise as hw
     from headwise.eval.ruler import run_ruler
