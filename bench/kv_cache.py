@@ -145,10 +145,26 @@ def report(doc: dict, stem: Path) -> None:
     plot(doc["rows"], stem.with_suffix(".png"), doc["model"])
 
 
-def run_kvpress(model_name: str, tok, tests: list[NeedleTest], budgets: list[float]) -> list[dict]:
-    """Export the tests as token ids, answer them with kvpress in its own environment, score here."""
+def require_kvpress() -> None:
+    """Stop with what to run when kvpress's environment is missing."""
     if not KVPRESS_PYTHON.exists():
         raise SystemExit(f"{KVPRESS_PYTHON} is missing; run bench/kvpress/setup.sh first")
+
+
+def answer_with_kvpress(spec: dict) -> dict:
+    """kvpress's answers to the exported tests in `spec`, from bench/kvpress/run_presses.py run in .venv-kvpress."""
+    require_kvpress()
+    with tempfile.TemporaryDirectory() as tmp:
+        spec_path, out_path = Path(tmp) / "tests.json", Path(tmp) / "answers.json"
+        spec_path.write_text(json.dumps(spec))
+        runner = Path(__file__).parent / "kvpress" / "run_presses.py"
+        subprocess.run([str(KVPRESS_PYTHON), str(runner), str(spec_path), str(out_path)], check=True)
+        return json.loads(out_path.read_text())
+
+
+def run_kvpress(model_name: str, tok, tests: list[NeedleTest], budgets: list[float]) -> list[dict]:
+    """Export the tests as token ids, answer them with kvpress in its own environment, score here."""
+    require_kvpress()
     exported = []
     for t in tests:
         tail = len(reading_prompt(tok, t.needle.question)[1])
@@ -163,12 +179,7 @@ def run_kvpress(model_name: str, tok, tests: list[NeedleTest], budgets: list[flo
         "max_new_tokens": MAX_NEW_TOKENS,
         "tests": exported,
     }
-    with tempfile.TemporaryDirectory() as tmp:
-        spec_path, out_path = Path(tmp) / "tests.json", Path(tmp) / "answers.json"
-        spec_path.write_text(json.dumps(spec))
-        runner = Path(__file__).parent / "kvpress" / "run_presses.py"
-        subprocess.run([str(KVPRESS_PYTHON), str(runner), str(spec_path), str(out_path)], check=True)
-        answered = json.loads(out_path.read_text())
+    answered = answer_with_kvpress(spec)
     for row in answered["rows"]:
         row["correct"] = [is_correct(t.needle, a) for t, a in zip(tests, row["answers"], strict=True)]
     return answered["rows"]

@@ -15,14 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import tempfile
-from pathlib import Path
 
 from transformers import AutoTokenizer
 
 from bench.common import results_dir
-from bench.kv_cache import KVPRESS_PYTHON
+from bench.kv_cache import answer_with_kvpress, require_kvpress
 from bench.ruler import write
 from headwise.core.models import resolve
 from headwise.core.prompts import encode
@@ -39,8 +36,7 @@ def main() -> None:
     parser.add_argument("--presses", default="streaming_llm,snapkv,expected_attention,tova,adakv_snapkv")
     parser.add_argument("--budgets", default="0.3")
     args = parser.parse_args()
-    if not KVPRESS_PYTHON.exists():
-        raise SystemExit(f"{KVPRESS_PYTHON} is missing; run bench/kvpress/setup.sh first")
+    require_kvpress()  # before the samples are made
     out = results_dir(args.model, "ruler")
     run = json.loads((out / f"{args.run}.json").read_text())
     settings = run["settings"]
@@ -66,12 +62,7 @@ def main() -> None:
         "model_dir": where, "gguf_file": gguf, "presses": [f"kvpress-{p}" for p in args.presses.split(",")],
         "budgets": [float(b) for b in args.budgets.split(",")], "max_new_tokens": 128, "tests": tests,
     }  # fmt: skip
-    with tempfile.TemporaryDirectory() as tmp:
-        spec_path, out_path = Path(tmp) / "tests.json", Path(tmp) / "answers.json"
-        spec_path.write_text(json.dumps(spec))
-        runner = Path(__file__).parent / "kvpress" / "run_presses.py"
-        subprocess.run([str(KVPRESS_PYTHON), str(runner), str(spec_path), str(out_path)], check=True)
-        answered = json.loads(out_path.read_text())
+    answered = answer_with_kvpress(spec)
     keys = {(s.task, s.length, s.index) for s in samples}
     outcomes = [RulerOutcome(**o) for o in run["outcomes"] if (o["task"], o["length"], o["index"]) in keys]
     for row in answered["rows"]:
