@@ -13,6 +13,7 @@ from headwise.core.caches import build_cache
 from headwise.core.generate import greedy
 from headwise.core.policy import CachePolicy
 from headwise.core.prompts import encode
+from headwise.core.shipped import cache_headmap
 from headwise.eval import ruler_data
 from headwise.eval.ruler import run_ruler, score
 from headwise.reports import report
@@ -69,7 +70,8 @@ def test_two_samples_end_to_end_with_caches_from_one_prefill(smol, tmp_path):
     # A cache derived from the shared prefill answers as the same cache filled by its own prefill does.
     sample = ruler_data.generate(tok, "niah_single_1", 1024, 2, 3, "smollm2-135m")[0]
     ids = torch.tensor(encode(tok, sample.prompt))
-    own = greedy(model, tok, ids, sample.max_new_tokens, cache=build_cache(model, caches[1], len(ids)))
+    ranking = cache_headmap("smollm2-135m")  # what run_ruler ranks by when given no map
+    own = greedy(model, tok, ids, sample.max_new_tokens, cache=build_cache(model, caches[1], len(ids), ranking))
     assert headwise[0].prediction == own
     saved = json.loads(json.dumps(result.to_dict()))
     assert saved["format"] == "headwise.ruler"
