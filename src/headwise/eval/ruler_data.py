@@ -9,6 +9,7 @@ assistant turn. Samples are cached on disk, keyed by every setting that changes 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -74,14 +75,21 @@ def package_version() -> str:
     return version("nvidia-long-context-eval")
 
 
+@functools.cache
+def _synthetic_yaml() -> dict:
+    """RULER's synthetic.yaml, read once per process (score() looks a task up for every answer)."""
+    import yaml
+
+    return yaml.safe_load((package_dir() / "synthetic.yaml").read_text())
+
+
 def task_config(task: str) -> dict:
     """RULER's settings for `task`: its generator's arguments, template, answer prefix and generation length."""
-    import yaml
     from long_context_eval.data.synthetic.constants import TASKS as BASES
 
     if task not in TASKS:
         raise HeadwiseError(f"unknown RULER task {task!r}; choose from: {', '.join(TASKS)} (or 'all')")
-    config = yaml.safe_load((package_dir() / "synthetic.yaml").read_text())[task]
+    config = _synthetic_yaml()[task]
     return {**config, **BASES[config["task"]]}
 
 
