@@ -2,12 +2,13 @@
 fusion weight stored in the map, and `rank(..., fuse=...)` / `headwise rank --fuse` using them."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from headwise.apps.rank import Doc, fused, rank
+from headwise.apps.rank import READINGS, Doc, Reading, attention_tables, fused, rank, span_sums
 from headwise.cli import app
 from headwise.errors import HeadwiseError
 from headwise.eval.relevance import TOPS, load_qrels, profile_relevance
@@ -41,6 +42,14 @@ def test_ndcg_and_per_head_scores():
     assert np.argmax(z) == 2 and np.allclose(fused(np.ones(3), np.arange(3.0), 0.5), [-0.612, 0, 0.612], atol=1e-3)
 
 
+def test_outlier_tokens_are_dropped_within_each_document():
+    doc = [0.1] * 20 + [-5.0]  # one token far below the rest of its document
+    weights = np.array([[[*doc, 1.0, 2.0]]])  # one layer, one head; a second document of two tokens
+    plain = span_sums(weights, [(0, 21), (21, 23)], drop_outliers=False)
+    kept = span_sums(weights, [(0, 21), (21, 23)], drop_outliers=True)
+    assert plain[0, 0] == pytest.approx([-3.0, 3.0]) and kept[0, 0] == pytest.approx([2.0, 3.0])
+
+
 @pytest.fixture(scope="module")
 def relevance_map(smol):
     model, tok = smol
@@ -53,6 +62,7 @@ def test_relevance_heads_are_found_and_tuned_on_the_labelled_queries(relevance_m
     assert 0.0 <= hm.method["fusion"]["weight"] <= 1.0
     assert hm.scores.max() == 1.0  # at least one head alone ranks every relevant document first
     assert hm.method["ndcg@10"] >= 0.9, hm.method
+    assert Reading.of(hm) in READINGS and hm.method["reading"]["rows"] in ("query", "turn")
 
 
 def test_rank_reads_the_tuned_heads_and_fuses(smol, relevance_map):
@@ -64,6 +74,20 @@ def test_rank_reads_the_tuned_heads_and_fuses(smol, relevance_map):
     assert rank(model, tok, query, DOCS, relevance_map, fuse=first_stage, weight=0.0)[0][0] == "tea"
     with pytest.raises(HeadwiseError, match="one per document"):
         rank(model, tok, query, DOCS, relevance_map, fuse=[1.0])
+    broken = replace(relevance_map, method={**relevance_map.method, "reading": {"rows": "middle"}})
+    with pytest.raises(HeadwiseError, match="malformed"):
+        rank(model, tok, query, DOCS, broken)
+
+
+def test_every_reading_comes_from_one_pair_of_passes_and_ranks(smol, relevance_map):
+    model, tok = smol
+    tables, passes, _ = attention_tables(model, tok, QUERIES["q3"], DOCS)
+    assert passes == 2 and set(tables) == set(READINGS)
+    assert not np.allclose(tables[Reading("query")], tables[Reading("turn")])
+    query = "Which insects dance to point the way to flowers?"
+    for reading in READINGS:  # the tuned heads rank a paraphrased query's document first whichever way they read
+        order = rank(model, tok, query, DOCS, relevance_map, reading=reading)
+        assert order[0][0] == "bees", (reading, order)
 
 
 def test_the_cli_fuses_with_bm25_and_refuses_bad_input(tmp_path, smol):

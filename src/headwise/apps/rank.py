@@ -35,6 +35,42 @@ PROMPT_RESERVE = 64  # instruction, query and template tokens beyond the documen
 
 
 @dataclass(frozen=True)
+class Reading:
+    """How a document's score is read from the two passes: the attention of the query's tokens (`rows="query"`)
+    or of the query and the end of its chat turn (`"turn"`), calibrated token by token, summed over the
+    document's tokens; with `drop_outliers`, each head skips the document's tokens below mean - 2 std (QRHead,
+    Zhang et al. 2025) first."""
+
+    rows: str = "query"
+    drop_outliers: bool = False
+
+    def __post_init__(self) -> None:
+        if self.rows not in ("query", "turn") or not isinstance(self.drop_outliers, bool):
+            raise HeadwiseError(
+                f'a reading has rows "query" or "turn" and a true/false drop_outliers, got {self.rows!r}, '
+                f"{self.drop_outliers!r}"
+            )
+
+    @classmethod
+    def of(cls, headmap: HeadMap | np.ndarray | None) -> Reading:
+        """The reading a head map was tuned with (its method's "reading"), else the default."""
+        tuned = headmap.method.get("reading") if isinstance(headmap, HeadMap) else None
+        if not tuned:
+            return DEFAULT_READING
+        try:
+            return cls(**tuned)
+        except (TypeError, HeadwiseError) as exc:
+            raise HeadwiseError(
+                f'this head map\'s method "reading" is malformed ({exc}); expected {{"rows": "query" or "turn", '
+                '"drop_outliers": true or false}: re-profile it with headwise profile --score relevance'
+            ) from None
+
+
+READINGS = tuple(Reading(rows, drop) for rows in ("query", "turn") for drop in (False, True))
+DEFAULT_READING = READINGS[0]
+
+
+@dataclass(frozen=True)
 class Doc:
     """A candidate document."""
 
@@ -79,12 +115,13 @@ def rank(
     max_doc_tokens: int = 300,
     fuse: Sequence[float] | None = None,
     weight: float | None = None,
+    reading: Reading | None = None,
 ) -> list[tuple[str, float]]:
     """(doc id, score) pairs, best first: the calibrated attention the query's tokens pay each document
     in the map's `top` heads (default: the count the map was tuned with, else 5%; a (layers, heads) weight
     array chooses any heads; all heads without a map). Documents are cut to at most `max_doc_tokens`
     tokens. With `fuse` (a first-stage score per document, e.g. BM25), the result is their fusion at
-    `weight` (default: the weight the head map was tuned with)."""
+    `weight` (default: the weight the head map was tuned with). `reading` defaults to the map's own."""
     if top is None:
         top = headmap.method.get("top", "5%") if isinstance(headmap, HeadMap) else "5%"
     weights = head_weights(model, headmap, top)
@@ -92,7 +129,7 @@ def rank(
         if len(fuse) != len(docs):
             raise HeadwiseError(f"fuse has {len(fuse)} scores for {len(docs)} documents; give one per document")
         weight = fusion_weight(headmap) if weight is None else weight
-    mass, _, _ = attention_scores(model, tokenizer, query, docs, max_doc_tokens)
+    mass, _, _ = attention_scores(model, tokenizer, query, docs, max_doc_tokens, reading or Reading.of(headmap))
     scores = np.einsum("lh,lhd->d", weights, mass)
     if fuse is not None:
         scores = fused(scores, np.asarray(fuse, dtype=np.float64), weight)
@@ -130,10 +167,23 @@ def attention_scores(
     query: str,
     docs: list[Doc],
     max_doc_tokens: int = 300,
+    reading: Reading = DEFAULT_READING,
 ) -> tuple[np.ndarray, int, int]:
-    """(calibrated attention mass per layer, head and document; forward passes used; tokens per document).
+    """(calibrated attention mass per layer, head and document, read as `reading` says; forward passes used;
+    tokens per document). Any choice of heads is a weighting of this table, so one pair of passes serves them
+    all."""
+    tables, passes, cap = attention_tables(model, tokenizer, query, docs, max_doc_tokens)
+    return tables[reading], passes, cap
 
-    Any choice of heads is a weighting of this table, so one pair of passes serves them all."""
+
+def attention_tables(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    query: str,
+    docs: list[Doc],
+    max_doc_tokens: int = 300,
+) -> tuple[dict[Reading, np.ndarray], int, int]:
+    """`attention_scores` for every reading in READINGS at once, from the same pair of passes."""
     if not query.strip():
         raise HeadwiseError("the query is empty")
     if not docs:
@@ -142,10 +192,11 @@ def attention_scores(
     groups, cap = _pack(len(docs), room, max_doc_tokens)
     doc_ids = [encode(tokenizer, " " + d.text)[:cap] for d in docs]
     shape = model_shape(model)
-    mass = np.zeros((shape.num_layers, shape.num_heads, len(docs)))
+    tables = {r: np.zeros((shape.num_layers, shape.num_heads, len(docs))) for r in READINGS}
     for group in groups:
-        mass[:, :, group] = _calibrated(model, tokenizer, query, [doc_ids[i] for i in group])
-    return mass, 2 * len(groups), cap
+        for r, mass in _calibrated(model, tokenizer, query, [doc_ids[i] for i in group]).items():
+            tables[r][:, :, group] = mass
+    return tables, 2 * len(groups), cap
 
 
 def _pack(n: int, room: int, max_doc_tokens: int) -> tuple[list[list[int]], int]:
@@ -162,11 +213,12 @@ def _pack(n: int, room: int, max_doc_tokens: int) -> tuple[list[list[int]], int]
 @torch.inference_mode()
 def _calibrated(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, query: str, docs: list[list[int]]
-) -> np.ndarray:
-    """(layers, heads, docs): attention the query's tokens pay each document (mean over its tokens),
-    minus the same for the calibration query. Both passes share one prefill of the documents: each
-    continues the same KV cache, which is cropped back between them, so only the queries are recomputed."""
-    before, _ = chat_parts(tokenizer, PLACEHOLDER)
+) -> dict[Reading, np.ndarray]:
+    """Per reading, (layers, heads, docs): the attention the asking rows pay each document's tokens minus the
+    same for the calibration query, token by token, summed over the document. Both passes share one prefill
+    of the documents: each continues the same KV cache, cropped back between them, so only the query and the
+    end of its turn are recomputed."""
+    before, after = chat_parts(tokenizer, PLACEHOLDER)
     ids = encode(tokenizer, before + INTRO)
     spans = []
     for i, doc in enumerate(docs, 1):
@@ -175,17 +227,42 @@ def _calibrated(
         ids += doc + encode(tokenizer, "\n\n")
     ids += encode(tokenizer, OUTRO)
     prefix = len(ids)
+    turn_end = encode(tokenizer, after)
     cache = DynamicCache(config=model.config)
     model(torch.tensor([ids], device=model.device), cache=cache, use_cache=True, logits_to_keep=1)
     for layer in cache.layers:  # a model's own sliding-window layers (Gemma 3) crop back only when recording
         if isinstance(layer, DynamicSlidingWindowLayer):
             layer.activate_past_recording()
-    masses = []
+    shape = model_shape(model)
+    passes = []
     for text in (query, CALIBRATION_QUERY):
-        query_ids = encode(tokenizer, text)
-        probe = SpanProbe((prefix, prefix + len(query_ids)), spans)
-        with attach(model, probe):
-            model(torch.tensor([query_ids], device=model.device), cache=cache, logits_to_keep=1)
-        cache.crop(-len(query_ids))
-        masses.append(probe.mass.numpy())
-    return masses[0] - masses[1]
+        asked = encode(tokenizer, text)
+        probes = {
+            "query": SpanProbe((prefix, prefix + len(asked)), spans, keep=True),
+            "turn": SpanProbe((prefix, prefix + len(asked) + len(turn_end)), spans, keep=True),
+        }
+        with attach(model, *probes.values()):
+            model(torch.tensor([asked + turn_end], device=model.device), cache=cache, logits_to_keep=1)
+        cache.crop(-len(asked) - len(turn_end))
+        passes.append({rows: _stacked(p.weights, shape, prefix) for rows, p in probes.items()})
+    return {r: span_sums(passes[0][r.rows] - passes[1][r.rows], spans, r.drop_outliers) for r in READINGS}
+
+
+def span_sums(weights: np.ndarray, spans: list[tuple[int, int]], drop_outliers: bool) -> np.ndarray:
+    """(..., spans): per-key `weights` (..., keys) summed over each span; with `drop_outliers`, each row skips
+    the span's keys below its mean - 2 std there first."""
+    out = np.zeros((*weights.shape[:-1], len(spans)))
+    for d, (a, b) in enumerate(spans):
+        x = weights[..., a:b]
+        if drop_outliers:
+            x = x * (x >= x.mean(-1, keepdims=True) - 2 * x.std(-1, keepdims=True))
+        out[..., d] = x.sum(-1)
+    return out
+
+
+def _stacked(weights: dict[int, torch.Tensor], shape, keys: int) -> np.ndarray:
+    """(layers, heads, keys) of a probe's kept per-key weights; layers it did not read (sliding) are 0."""
+    out = np.zeros((shape.num_layers, shape.num_heads, keys), dtype=np.float32)
+    for layer, w in weights.items():
+        out[layer] = w[:, :keys].numpy()
+    return out

@@ -21,15 +21,19 @@ if TYPE_CHECKING:
 class SpanProbe(AttentionHook):
     """`mass[layer, head, span]`: the attention that prompt rows [start, end) pay each key span, averaged over
     the rows (so queries of different lengths compare), read from the rows' own float32 logits, batch row 0.
-    With `last_layer`, measuring that layer raises StopForward, ending a pass whose output is not used. The
-    model's own sliding-window layers are skipped (their keys are a recent suffix) and score 0."""
+    With `keep`, `weights[layer]` also holds the rows' mean attention on every key (heads, keys). With
+    `last_layer`, measuring that layer raises StopForward, ending a pass whose output is not used. The model's
+    own sliding-window layers are skipped (their keys are a recent suffix) and score 0."""
 
-    def __init__(self, rows: tuple[int, int], spans: list[tuple[int, int]], last_layer: int | None = None) -> None:
-        self.rows, self.spans, self.last_layer = rows, spans, last_layer
+    def __init__(
+        self, rows: tuple[int, int], spans: list[tuple[int, int]], last_layer: int | None = None, keep: bool = False
+    ) -> None:
+        self.rows, self.spans, self.last_layer, self.keep = rows, spans, last_layer, keep
 
     def install(self, model: PreTrainedModel, shape: ModelShape) -> None:
         """Allocate the mass table."""
         self.mass = torch.zeros(shape.num_layers, shape.num_heads, len(self.spans))
+        self.weights: dict[int, torch.Tensor] = {}
 
     def observe(self, call: AttentionCall) -> None:
         """This layer's row-to-span attention, when this call computes the rows."""
@@ -49,6 +53,8 @@ class SpanProbe(AttentionHook):
         a = torch.tensor([s for s, _ in self.spans], device=call.key.device)
         b = torch.tensor([e for _, e in self.spans], device=call.key.device)
         self.mass[call.layer] = (edges[:, b] - edges[:, a]).cpu()
+        if self.keep:
+            self.weights[call.layer] = weights.cpu()
         if self.last_layer is not None and call.layer >= self.last_layer:
             raise StopForward
 

@@ -90,8 +90,10 @@ def profile_cmd(
         headmap = _relevance_map(model, dtype, device, queries, docs, qrels, limit, candidates)
         path = headmap.save(out or Path("headmaps") / f"{slug(model)}-relevance.json")
         tuned = headmap.method
+        reading = tuned["reading"]
         typer.echo(
-            f"{tuned['queries']} queries; top {tuned['top']} heads: nDCG@10 {tuned['ndcg@10']}, "
+            f"{tuned['queries']} queries; top {tuned['top']} heads reading {reading['rows']} rows"
+            f"{', outlier tokens dropped' if reading['drop_outliers'] else ''}: nDCG@10 {tuned['ndcg@10']}, "
             f"fused with BM25 at weight {tuned['fusion']['weight']}"
         )
         typer.echo(f"wrote {path} and {headmap.plot(path.with_suffix('.png'))}")

@@ -1,6 +1,7 @@
-"""Choosing relevance heads from labelled queries: BM25 candidates, one calibrated attention table per query,
-each head's own ranking quality, then how many heads to read and the weight that fuses them with BM25,
-all chosen on the same labelled (training) queries. `headwise profile --score relevance` runs it."""
+"""Choosing relevance heads from labelled queries: BM25 candidates, calibrated attention tables per query (one
+per reading, from one pair of passes), each head's own ranking quality, then the reading, how many heads to
+read and the weight that fuses them with BM25, all chosen on the same labelled (training) queries.
+`headwise profile --score relevance` runs it."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import numpy as np
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from headwise.apps.rank import Doc, attention_scores, fused, load_docs
+from headwise.apps.rank import DEFAULT_READING, READINGS, Doc, Reading, attention_tables, fused, load_docs
 from headwise.core.headmap import HeadMap
 from headwise.core.models import model_id, model_shape
 from headwise.errors import HeadwiseError
@@ -25,11 +26,12 @@ WEIGHTS = tuple(round(0.05 * i, 2) for i in range(21))  # fusion weights tried (
 
 @dataclass
 class Table:
-    """One labelled query: its candidates (ids, first-stage scores) and their attention per layer and head."""
+    """One labelled query: its candidates (ids, first-stage scores) and their attention per layer and head, for
+    each reading."""
 
     ids: list[str]
     first_stage: np.ndarray
-    mass: np.ndarray
+    masses: dict[Reading, np.ndarray]
     relevant: set[str]
 
     @property
@@ -48,9 +50,9 @@ def mean_ndcg(tables: list[Table], scorer: Scorer) -> float:
     )
 
 
-def through(weights: np.ndarray) -> Scorer:
-    """Candidates scored by their attention read through (layers, heads) `weights`."""
-    return lambda t: np.einsum("lh,lhd->d", weights, t.mass)
+def through(weights: np.ndarray, reading: Reading = DEFAULT_READING) -> Scorer:
+    """Candidates scored by their attention (as `reading` reads it) through (layers, heads) `weights`."""
+    return lambda t: np.einsum("lh,lhd->d", weights, t.masses[reading])
 
 
 def fused_with_first_stage(scorer: Scorer, weight: float) -> Scorer:
@@ -58,9 +60,35 @@ def fused_with_first_stage(scorer: Scorer, weight: float) -> Scorer:
     return lambda t: fused(scorer(t), t.first_stage, weight)
 
 
-def best_top(tables: list[Table], headmap: HeadMap, tops: tuple[int, ...] = TOPS) -> int:
+def best_top(
+    tables: list[Table], headmap: HeadMap, reading: Reading = DEFAULT_READING, tops: tuple[int, ...] = TOPS
+) -> int:
     """The head count whose top heads rank `tables` best (the fewer on ties)."""
-    return max(tops, key=lambda k: (mean_ndcg(tables, through(headmap.weights(k))), -k))
+    return max(tops, key=lambda k: (mean_ndcg(tables, through(headmap.weights(k), reading)), -k))
+
+
+def tuned_map(
+    model: str, num_kv_heads: int, tables: list[Table], kind: str = "ndcg", about: dict | None = None
+) -> HeadMap:
+    """The relevance head map of the reading whose best head count ranks `tables` best (READINGS' order breaks
+    ties), with that reading, count (`method["top"]`), its nDCG@10 and the fusion weight with the first stage
+    (`method["fusion"]`) tuned on the same tables."""
+    marks, totals = [t.marks for t in tables], [len(t.relevant) for t in tables]
+    best = None
+    for reading in READINGS:
+        hm = relevance_headmap(model, num_kv_heads, [t.masses[reading] for t in tables], marks, totals, kind, about)
+        top = best_top(tables, hm, reading)
+        ndcg = mean_ndcg(tables, through(hm.weights(top), reading))
+        if best is None or ndcg > best[0]:
+            best = (ndcg, hm, top, reading)
+    ndcg, hm, top, reading = best
+    hm.method |= {
+        "reading": {"rows": reading.rows, "drop_outliers": reading.drop_outliers},
+        "top": top,
+        "ndcg@10": round(ndcg, 4),
+        "fusion": {"with": "bm25", "weight": best_weight(tables, through(hm.weights(top), reading))},
+    }
+    return hm
 
 
 def best_weight(tables: list[Table], scorer: Scorer) -> float:
@@ -104,13 +132,13 @@ def collect(
     candidates: int = 20,
     progress: bool = True,
 ) -> list[Table]:
-    """Per query: BM25's top `candidates` over `corpus` and their calibrated attention (two forward passes)."""
+    """Per query: BM25's top `candidates` over `corpus` and their calibrated attention tables (two passes)."""
     pool = bm25_candidates(corpus, queries, candidates)
     tables = []
     for q in tqdm(list(queries), desc="relevance", unit="query", disable=not progress):
         docs = [corpus[d] for d, _ in pool[q]]
-        mass, _, _ = attention_scores(model, tokenizer, queries[q], docs)
-        tables.append(Table([d.id for d in docs], np.array([s for _, s in pool[q]]), mass, qrels[q]))
+        masses, _, _ = attention_tables(model, tokenizer, queries[q], docs)
+        tables.append(Table([d.id for d in docs], np.array([s for _, s in pool[q]]), masses, qrels[q]))
     return tables
 
 
@@ -126,8 +154,9 @@ def profile_relevance(
     progress: bool = True,
 ) -> HeadMap:
     """A relevance head map from labelled queries: the first `limit` query ids of `qrels` (in its order), BM25
-    candidates from `docs`, each head's own nDCG@10 (or contrast), and, tuned on the same queries, how many
-    heads to read (`method["top"]`) and the weight fusing them with BM25 (`method["fusion"]`)."""
+    candidates from `docs`, each head's own nDCG@10 (or contrast), and, tuned on the same queries, the reading
+    (`method["reading"]`), how many heads to read (`method["top"]`) and the weight fusing them with BM25
+    (`method["fusion"]`)."""
     missing = [q for q in qrels if q not in queries]
     if missing:
         raise HeadwiseError(f"{len(missing)} qrels query ids have no query text, e.g. {missing[0]!r}")
@@ -135,12 +164,4 @@ def profile_relevance(
     chosen = list(qrels)[:limit]
     tables = collect(model, tokenizer, corpus, {q: queries[q] for q in chosen}, qrels, candidates, progress)
     about = {"data": f"the first {len(chosen)} query ids of the qrels", "candidates": f"BM25 top-{candidates}"}
-    shape = model_shape(model)
-    marks = [t.marks for t in tables]
-    hm = relevance_headmap(model_id(model), shape.num_kv_heads, [t.mass for t in tables], marks,
-                           [len(t.relevant) for t in tables], kind, about)  # fmt: skip
-    top = best_top(tables, hm)
-    hm.method["top"] = top
-    hm.method["fusion"] = {"with": "bm25", "weight": best_weight(tables, through(hm.weights(top)))}
-    hm.method["ndcg@10"] = round(mean_ndcg(tables, through(hm.weights(top))), 4)
-    return hm
+    return tuned_map(model_id(model), model_shape(model).num_kv_heads, tables, kind, about)
