@@ -204,7 +204,12 @@ def main() -> None:
         args.model, shape.num_kv_heads, [t.masses[chosen] for t in dev], marks, totals, "contrastive", about
     )
     contrastive_top = best_top(dev, contrastive, chosen)
-    windows = [(a, b) for a, b in itertools.combinations(range(shape.num_layers), 2) if b - a + 1 >= MIN_WINDOW]
+    read = np.any([np.any(t.masses[chosen] != 0, axis=(1, 2)) for t in dev], axis=0)  # not sliding-window layers
+    windows = [
+        (a, b)
+        for a, b in itertools.combinations(range(shape.num_layers), 2)
+        if b - a + 1 >= MIN_WINDOW and read[a : b + 1].any()
+    ]
     window = max(windows, key=lambda w: (mean_ndcg(dev, through(layer_weights(shape, w), chosen)), w[0] - w[1]))
     in_window = max(TOPS, key=lambda k: mean_ndcg(dev, through(top_weights(relevance, k, window), chosen)))
     needle = hw.shipped_headmap(args.model)

@@ -12,7 +12,7 @@ from headwise.apps.rank import READINGS, Doc, Reading, attention_tables, fused, 
 from headwise.cli import app
 from headwise.errors import HeadwiseError
 from headwise.eval.relevance import TOPS, load_qrels, profile_relevance
-from headwise.scores.relevance import head_ndcg, ndcg_at_10
+from headwise.scores.relevance import head_ndcg, ndcg_at_10, relevance_headmap
 
 DOCS = [
     Doc("bees", "Honey bees perform a waggle dance that tells other bees the direction of flowers."),
@@ -38,6 +38,9 @@ def test_ndcg_and_per_head_scores():
     mass = np.array([[[0.9, 0.1, 0.0], [0.0, 0.1, 0.9]]])  # 1 layer, 2 heads, 3 documents; document 0 relevant
     scores = head_ndcg([mass], [np.array([True, False, False])], [1])
     assert scores[0, 0] == 1.0 and scores[0, 1] == pytest.approx(0.5)
+    unread = np.concatenate([mass, np.zeros((1, 1, 3))], axis=1)  # a third head never read (sliding window)
+    hm = relevance_headmap("m", 1, [unread], [np.array([True, False, False])], [1])
+    assert hm.scores[0].tolist() == pytest.approx([1.0, 0.5, 0.0])  # not 1.0 from the candidates' own order
     z = fused(np.array([1.0, 2.0, 3.0]), np.array([3.0, 2.0, 1.0]), 1.0)
     assert np.argmax(z) == 2 and np.allclose(fused(np.ones(3), np.arange(3.0), 0.5), [-0.612, 0, 0.612], atol=1e-3)
 

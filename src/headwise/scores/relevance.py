@@ -61,5 +61,8 @@ def relevance_headmap(
         raise HeadwiseError("no query has a relevant document among its candidates; check the qrels and ids")
     masses, relevant, totals = [masses[i] for i in useful], [relevant[i] for i in useful], [totals[i] for i in useful]
     scores = head_ndcg(masses, relevant, totals) if kind == "ndcg" else head_contrast(masses, relevant)
+    # a head whose attention was never read (a sliding-window layer, whose keys are a recent suffix) scores 0:
+    # its all-zero scores would otherwise "rank" in the candidates' own order and copy the first stage's nDCG
+    scores[~np.any([np.any(m != 0, axis=-1) for m in masses], axis=0)] = 0.0
     method = {"score": f"relevance ({kind}): each head ranking alone", "queries": len(useful), **(about or {})}
     return HeadMap(model, scores, num_kv_heads, kind="relevance", method=method)
