@@ -129,7 +129,7 @@ def layer_weights(shape, layers: tuple[int, int]) -> np.ndarray:
 
 def plot(rows: list[dict], model: str, path: Path) -> None:
     """Test nDCG@10 per method, BM25 marked."""
-    fig, ax = plt.subplots(figsize=(9, 0.32 * len(rows) + 1.2))
+    fig, ax = plt.subplots(figsize=(11, 0.32 * len(rows) + 1.2))
     names = [r["method"] for r in rows][::-1]
     values = [r["test"] for r in rows][::-1]
     ax.barh(names, values, color=["#4c72b0" if "BM25" not in n or n == "BM25" else "#55a868" for n in names])

@@ -37,6 +37,8 @@ _EXPORTS = {
     "Doc": "headwise.apps.rank",
     "rank": "headwise.apps.rank",
     "load_docs": "headwise.apps.rank",
+    "Reading": "headwise.apps.rank",
+    "profile_relevance": "headwise.eval.relevance",
     "Needle": "headwise.core.needles",
     "NeedleGrid": "headwise.eval.grids",
     "needle_tests": "headwise.eval.tasks",
@@ -62,6 +64,7 @@ __all__ = [
     "Needle",
     "NeedleGrid",
     "ReaderConfig",
+    "Reading",
     "RulerResult",
     "__version__",
     "ablate",
@@ -76,6 +79,7 @@ __all__ = [
     "mask_heads",
     "needle_tests",
     "profile",
+    "profile_relevance",
     "rank",
     "read",
     "report",
@@ -86,7 +90,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from headwise.apps.config import ReaderConfig
-    from headwise.apps.rank import Doc, load_docs, rank
+    from headwise.apps.rank import Doc, Reading, load_docs, rank
     from headwise.apps.reader import Answer, read
     from headwise.core.cache import HeadwiseCache
     from headwise.core.caches import build_cache, compressed
@@ -102,6 +106,7 @@ if TYPE_CHECKING:
     from headwise.eval.grids import NeedleGrid
     from headwise.eval.haystack import load_haystack
     from headwise.eval.niah import run_niah
+    from headwise.eval.relevance import profile_relevance
     from headwise.eval.ruler import RulerResult, run_ruler
     from headwise.eval.tasks import load_needles, needle_tests
     from headwise.reports import report
