@@ -23,7 +23,7 @@ from transformers.cache_utils import DynamicSlidingWindowLayer
 from headwise.apps.spans import SpanProbe, head_weights
 from headwise.core.headmap import HeadMap, Top
 from headwise.core.hooks import attach
-from headwise.core.models import model_shape
+from headwise.core.models import ModelShape, model_shape
 from headwise.core.prompts import PLACEHOLDER, chat_parts, encode
 from headwise.errors import HeadwiseError
 
@@ -260,7 +260,7 @@ def span_sums(weights: np.ndarray, spans: list[tuple[int, int]], drop_outliers: 
     return out
 
 
-def _stacked(weights: dict[int, torch.Tensor], shape, keys: int) -> np.ndarray:
+def _stacked(weights: dict[int, torch.Tensor], shape: ModelShape, keys: int) -> np.ndarray:
     """(layers, heads, keys) of a probe's kept per-key weights; layers it did not read (sliding) are 0."""
     out = np.zeros((shape.num_layers, shape.num_heads, keys), dtype=np.float32)
     for layer, w in weights.items():
