@@ -41,6 +41,7 @@ from headwise.eval.relevance import (
     best_weight,
     fused_with_first_stage,
     mean_ndcg,
+    reading_maps,
     through,
     tuned_map,
 )
@@ -196,10 +197,7 @@ def main() -> None:
     # choices, on dev only
     relevance = tuned_map(args.model, shape.num_kv_heads, dev, "ndcg", about)
     chosen = Reading(**relevance.method["reading"])
-    per_reading = {}
-    for reading in READINGS:
-        hm = relevance_headmap(args.model, shape.num_kv_heads, [t.masses[reading] for t in dev], marks, totals)
-        per_reading[reading] = (hm, best_top(dev, hm, reading))
+    per_reading = reading_maps(args.model, shape.num_kv_heads, dev)
     contrastive = relevance_headmap(
         args.model, shape.num_kv_heads, [t.masses[chosen] for t in dev], marks, totals, "contrastive", about
     )
@@ -223,7 +221,7 @@ def main() -> None:
             f"ICR, relevance heads (top {k}), {label(r)}" + (" [chosen]" if r == chosen else ""): through(
                 hm.weights(k), r
             )
-            for r, (hm, k) in per_reading.items()
+            for r, (hm, k, _) in per_reading.items()
         },
         f"ICR, contrastive relevance heads (top {contrastive_top})": through(
             contrastive.weights(contrastive_top), chosen

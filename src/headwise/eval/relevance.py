@@ -6,7 +6,7 @@ read and the weight that fuses them with BM25, all chosen on the same labelled (
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -67,23 +67,30 @@ def best_top(
     return max(tops, key=lambda k: (mean_ndcg(tables, through(headmap.weights(k), reading)), -k))
 
 
+def reading_maps(
+    model: str, num_kv_heads: int, tables: list[Table], kind: str = "ndcg", about: dict | None = None
+) -> dict[Reading, tuple[HeadMap, int, float]]:
+    """Per reading: its relevance head map, the head count that ranks `tables` best through it, and that nDCG@10."""
+    marks, totals = [t.marks for t in tables], [len(t.relevant) for t in tables]
+    out = {}
+    for reading in READINGS:
+        hm = relevance_headmap(model, num_kv_heads, [t.masses[reading] for t in tables], marks, totals, kind, about)
+        top = best_top(tables, hm, reading)
+        out[reading] = (hm, top, mean_ndcg(tables, through(hm.weights(top), reading)))
+    return out
+
+
 def tuned_map(
     model: str, num_kv_heads: int, tables: list[Table], kind: str = "ndcg", about: dict | None = None
 ) -> HeadMap:
     """The relevance head map of the reading whose best head count ranks `tables` best (READINGS' order breaks
     ties), with that reading, count (`method["top"]`), its nDCG@10 and the fusion weight with the first stage
     (`method["fusion"]`) tuned on the same tables."""
-    marks, totals = [t.marks for t in tables], [len(t.relevant) for t in tables]
-    best = None
-    for reading in READINGS:
-        hm = relevance_headmap(model, num_kv_heads, [t.masses[reading] for t in tables], marks, totals, kind, about)
-        top = best_top(tables, hm, reading)
-        ndcg = mean_ndcg(tables, through(hm.weights(top), reading))
-        if best is None or ndcg > best[0]:
-            best = (ndcg, hm, top, reading)
-    ndcg, hm, top, reading = best
+    maps = reading_maps(model, num_kv_heads, tables, kind, about)
+    reading = max(READINGS, key=lambda r: (maps[r][2], -READINGS.index(r)))
+    hm, top, ndcg = maps[reading]
     hm.method |= {
-        "reading": {"rows": reading.rows, "drop_outliers": reading.drop_outliers},
+        "reading": asdict(reading),
         "top": top,
         "ndcg@10": round(ndcg, 4),
         "fusion": {"with": "bm25", "weight": best_weight(tables, through(hm.weights(top), reading))},
