@@ -25,7 +25,14 @@ from bench.caches import run_cache, save_table
 from bench.common import command, results_dir
 from headwise.core.needles import NeedleTest
 from headwise.eval.haystack import load_haystack
-from headwise.eval.tasks import load_needles, make_multi_test, make_tests, name_needles, passkey_needles
+from headwise.eval.tasks import (
+    code_needles,
+    load_needles,
+    make_multi_test,
+    make_tests,
+    name_needles,
+    passkey_needles,
+)
 from headwise.scores.gates import GATE_STEPS, GateScore, gate_data
 
 
@@ -35,16 +42,19 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--headmap", type=Path, help="retrieval head map (default: the one shipped for --model)")
     parser.add_argument("--l1", default="0.2,0.5,1.0", help="L1 weights on the mean gate, comma-separated")
+    parser.add_argument("--dtype", default="float32")
     parser.add_argument("--steps", type=int, default=GATE_STEPS, help="training steps, one prompt each")
     parser.add_argument("--train-lengths", default="1000,2000,4000,7000")
-    parser.add_argument("--data", default="needles", help="training prompts: needles, names, phrases, passkey, multi")
+    parser.add_argument(
+        "--data", default="needles", help="training prompts: needles, names, codes, phrases, passkey, multi"
+    )
     parser.add_argument("--lengths", default="1200,2400", help="lengths of the dev tests")
     parser.add_argument("--budgets", default="0.2,0.3")
     parser.add_argument("--name", default="kv_gates", help="file name of the results under bench/results/<model>/")
     args = parser.parse_args()
     out = results_dir(args.model)
     out.mkdir(parents=True, exist_ok=True)
-    model, tok = hw.load_model(args.model)
+    model, tok = hw.load_model(args.model, dtype=args.dtype)
     book = load_haystack("pride-and-prejudice")
     train_lengths = [int(x) for x in args.train_lengths.split(",")]
     data = gate_data(model, tok, training_tests(tok, book, args.data.split(","), train_lengths))
@@ -79,6 +89,7 @@ def training_tests(tok, book, kinds: list[str], lengths: list[int]) -> list[Need
         "needles": lambda: make_tests(tok, book, load_needles()[7:13], lengths, [0.25, 0.75], seed=11),
         "passkey": lambda: make_tests(tok, book, passkey_needles(3, seed=11), lengths, [0.25, 0.75], seed=12),
         "names": lambda: make_tests(tok, book, name_needles(3, seed=11), lengths, [0.25, 0.75], seed=14),
+        "codes": lambda: make_tests(tok, book, code_needles(3, seed=17), lengths, [0.25, 0.75], seed=18),
         "phrases": lambda: make_tests(tok, book, name_needles(3, seed=15, words=2), lengths, [0.25, 0.75], seed=16),
         "multi": lambda: [
             make_multi_test(tok, book, 4, n, start=starts.randrange(sentences), seed=100 * i + j)

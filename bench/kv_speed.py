@@ -100,7 +100,7 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=8000)
     parser.add_argument("--budget", type=float, default=0.3)
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--headmap", help="head map ranking the KV heads (default: the shipped cache map)")
+    parser.add_argument("--headmap", help="head map ranking the KV heads (default: cache_headmap(--model))")
     parser.add_argument("--method", choices=METHODS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.method:

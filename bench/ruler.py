@@ -2,12 +2,13 @@
 cache from that prefill), scored by RULER's metrics.
 
     python -m bench.ruler --model smollm2-135m --lengths 4096 --samples 5      # ~45 min on 2 CPU cores (fp32)
+    python -m bench.ruler --seed 7 --samples 3 --headwise 0.3 --maps gates=gates,retrieval=retrieval  # rankings
     python -m bench.ruler --reader --lengths 32768 --tasks niah_single_1,niah_single_2 --samples 2
 
-Methods: the full cache; `headwise-B` (the shipped cache map's top KV heads in full, sink + window for the
-rest, within budget B); `window-B` (sink + recent window on every head, StreamingLLM); with --reader,
-read() through the shipped retrieval map's heads at any length, counting answers in the evidence given
-to the model apart from answers right. Writes
+Methods: the full cache; `headwise-B` (the default ranking's top KV heads in full, sink + window for the
+rest, within budget B; with --maps, `headwise[name]-B` for each head map named); `window-B` (sink + recent
+window on every head, StreamingLLM); with --reader, read() through the shipped retrieval map's heads at any
+length, counting answers in the evidence given to the model apart from answers right. Writes
 bench/results/<model>/ruler/<--name>.json (every outcome), .md (per-task table, answers kept/lost/won vs the
 full cache) and .png (RULER average vs KV budget).
 """
@@ -138,6 +139,13 @@ def rewrite(model: str, name: str) -> None:
     write(result, out, name, note, command=doc["command"])
 
 
+def shipped_map(model_name: str, path: str, model):
+    """The head map `path` names: a kind of the model's shipped maps (retrieval, gates, cache) or a file."""
+    from headwise.core.shipped import KINDS
+
+    return hw.shipped_headmap(model_name, path) if path in KINDS else hw.HeadMap.load(path, model)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
@@ -148,6 +156,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--headwise", default="0.1,0.2,0.3,0.5", help="budgets of the headwise cache")
     parser.add_argument("--window", default="0.3,0.5", help="budgets of the sink + window cache")
+    parser.add_argument("--maps", default="", help="compare head maps for the headwise cache: name=path,... "
+                        "(path retrieval, gates or cache: the shipped map)")  # fmt: skip
     parser.add_argument("--reader", action="store_true", help="read every sample with read() instead of caches")
     parser.add_argument("--name", default=None)
     parser.add_argument("--rewrite", default=None, help="re-make the tables and plots of a saved run (its name)")
@@ -166,7 +176,9 @@ def main() -> None:
     caches = [CachePolicy("full")]
     caches += [CachePolicy("headwise", float(b)) for b in args.headwise.split(",") if b]
     caches += [CachePolicy("window", float(b)) for b in args.window.split(",") if b]
-    result = run_ruler(model, tokenizer, args.tasks, lengths, args.samples, caches, seed=args.seed)
+    rankings = {name: shipped_map(args.model, path, model) for name, path in
+                (pair.split("=", 1) for pair in args.maps.split(",") if pair)}  # fmt: skip
+    result = run_ruler(model, tokenizer, args.tasks, lengths, args.samples, caches, seed=args.seed, rankings=rankings)
     name = args.name or f"ruler-{'-'.join(map(str, lengths))}"
     write(result, results_dir(args.model, "ruler"), name, efficiency(result, model.config))
 

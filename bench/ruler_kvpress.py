@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--tasks", default=None, help="a subset of the run's tasks")
     parser.add_argument("--presses", default="streaming_llm,snapkv,expected_attention,tova,adakv_snapkv")
     parser.add_argument("--budgets", default="0.3")
+    parser.add_argument("--dtype", default=None, help="kvpress's dtype (default: the run's)")
     args = parser.parse_args()
     require_kvpress()  # before the samples are made
     out = results_dir(args.model, "ruler")
@@ -61,6 +62,7 @@ def main() -> None:
     spec = {
         "model_dir": where, "gguf_file": gguf, "presses": [f"kvpress-{p}" for p in args.presses.split(",")],
         "budgets": [float(b) for b in args.budgets.split(",")], "max_new_tokens": 128, "tests": tests,
+        "dtype": args.dtype or settings["dtype"],
     }  # fmt: skip
     answered = answer_with_kvpress(spec)
     keys = {(s.task, s.length, s.index) for s in samples}
@@ -74,7 +76,8 @@ def main() -> None:
                 s.task, s.length, s.index, method, answer, s.outputs, score(s.task, answer, s.outputs), tokens, 0,
                 round(per, 2),
             ))  # fmt: skip
-    kept = {**settings, "samples": count, "tasks": tasks, "kvpress": answered["kvpress_version"]}
+    kept = {**settings, "samples": count, "tasks": tasks, "kvpress": answered["kvpress_version"],
+            "kvpress_dtype": spec["dtype"]}  # fmt: skip
     held = ", ".join(f"{r['method']}-{r['budget']:.0%} {r['kv_ratio']:.0%}" for r in answered["rows"])
     note = (
         f" kvpress {answered['kvpress_version']} rows: its own prefill and pipeline per sample (context = the "

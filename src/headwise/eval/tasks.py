@@ -89,6 +89,25 @@ def name_needles(count: int, seed: int = 0, words: int = 1) -> list[Needle]:
     return needles
 
 
+CODE_THINGS = ("locker", "safe", "vault", "ledger", "cabin", "crate", "account", "archive")
+
+
+def code_needles(count: int, seed: int = 0) -> list[Needle]:
+    """Needles whose answer is a long random value (a 7-digit number or two 4-character hex groups, as
+    RULER's numbers and uuids), copied token by token: the copying that short word answers never test."""
+    rng = random.Random(seed)
+    needles = []
+    for i in range(count):
+        owner, thing = rng.choice(MULTI_OWNERS), rng.choice(CODE_THINGS)
+        if i % 2 == 0:
+            code = str(rng.randrange(1_000_000, 10_000_000))
+        else:
+            code = "-".join("".join(rng.choice("0123456789abcdef") for _ in range(4)) for _ in range(2))
+        question = f"What is the code of {owner}'s {thing}?"
+        needles.append(Needle(f"The code of {owner}'s {thing} is {code}.", question, code))
+    return needles
+
+
 def multi_needle(count: int = 4, seed: int = 0) -> tuple[Needle, list[str]]:
     """A multi-value needle (as in RULER): `count` facts "One of the lucky numbers of X is N." hidden apart,
     and one question whose answer needs every N. Returns (the question and joined answer, the facts)."""
