@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--headmap", type=Path, help="retrieval head map (default: the one shipped for --model)")
     parser.add_argument("--l1", default="0.2,0.5,1.0", help="L1 weights on the mean gate, comma-separated")
-    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--dtype", default="float32", help="model dtype (the shipped gates: float32)")
     parser.add_argument("--steps", type=int, default=GATE_STEPS, help="training steps, one prompt each")
     parser.add_argument("--train-lengths", default="1000,2000,4000,7000")
     parser.add_argument(
