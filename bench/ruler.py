@@ -140,9 +140,12 @@ def rewrite(model: str, name: str) -> None:
 
 
 def shipped_map(model_name: str, path: str, model):
-    """The head map `path` names: a kind of the model's shipped maps (retrieval, gates, cache) or a file."""
+    """The head map `path` names: "default" (what a headwise cache ranks by, `cache_headmap`), a kind of the
+    model's shipped maps (retrieval, gates, cache) or a file."""
     from headwise.core.shipped import KINDS
 
+    if path == "default":
+        return hw.cache_headmap(model_name)
     return hw.shipped_headmap(model_name, path) if path in KINDS else hw.HeadMap.load(path, model)
 
 
@@ -157,7 +160,7 @@ def main() -> None:
     parser.add_argument("--headwise", default="0.1,0.2,0.3,0.5", help="budgets of the headwise cache")
     parser.add_argument("--window", default="0.3,0.5", help="budgets of the sink + window cache")
     parser.add_argument("--maps", default="", help="compare head maps for the headwise cache: name=path,... "
-                        "(path retrieval, gates or cache: the shipped map)")  # fmt: skip
+                        "(path default, retrieval, gates or cache: the shipped maps)")  # fmt: skip
     parser.add_argument("--reader", action="store_true", help="read every sample with read() instead of caches")
     parser.add_argument("--name", default=None)
     parser.add_argument("--rewrite", default=None, help="re-make the tables and plots of a saved run (its name)")

@@ -199,8 +199,8 @@ def _methods(caches: list[CachePolicy], headmap: HeadMap | None, rankings: dict[
     methods = []
     for policy in caches:
         if policy.kind == "headwise" and rankings:
-            label = policy.label.replace("headwise", "headwise[{}]")
-            methods += [(label.format(name), policy, ranking) for name, ranking in rankings.items()]
+            methods += [(policy.label.replace("headwise", f"headwise[{name}]"), policy, ranking)
+                        for name, ranking in rankings.items()]  # fmt: skip
         else:
             methods.append((policy.label, policy, headmap))
     return methods
