@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 import numpy as np
 
@@ -26,6 +27,7 @@ import headwise as hw
 from bench.common import command as this_command
 from bench.common import matmul_tflops, prefill_tflop, results_dir, write_json, write_markdown
 from headwise.core.policy import CachePolicy
+from headwise.core.prompts import reading_prompt
 from headwise.eval.ruler import run_ruler
 
 
@@ -72,6 +74,32 @@ def efficiency(result, config) -> str:
     return (
         f" Prefill reached {done:.3f} TFLOP/s, {done / ceiling:.0%} of a {result.settings['dtype']} 2048^3 matmul "
         f"on this machine in the same run ({ceiling:.3f} TFLOP/s)."
+    )
+
+
+def reader_shape(model_name: str, tokenizer, config) -> tuple[int, int]:
+    """(layers a reader pass runs: up to the last of the shipped retrieval map's chosen heads, tokens of the
+    reading prompt around a RULER-sized question)."""
+    layers = 1 + max(layer for layer, _ in hw.shipped_headmap(model_name).top(config.top))
+    return layers, sum(map(len, reading_prompt(tokenizer, "a question of about twenty tokens, as RULER's are")))
+
+
+def reader_efficiency(result, config, layers: int, prompt: int) -> str:
+    """The reader's estimated throughput as a share of one large matmul's, measured now: each sample is
+    ceil(input / chunk) + 1 passes of chunk + keep + prompt tokens through the `layers` layers up to its last
+    chosen head (the time also holds the answer's decoding, so the share is a floor)."""
+    settings = result.settings["reader"]
+    chunk, keep = settings["chunk"], settings["keep"]
+    per_pass = prefill_tflop(config, chunk + keep + prompt) * layers / config.num_hidden_layers
+    work = sum((math.ceil(o.prompt_tokens / chunk) + 1) * per_pass for o in result.outcomes)
+    seconds = sum(o.seconds for o in result.outcomes)
+    ceiling = matmul_tflops(result.settings["dtype"])
+    tokens = sum(o.prompt_tokens for o in result.outcomes) / seconds
+    return (
+        f" The reader (passes of {chunk} + {keep} + {prompt} tokens through {layers} of {config.num_hidden_layers}"
+        f" layers) ran at an estimated {work / seconds:.3f} TFLOP/s, {work / seconds / ceiling:.0%} of a "
+        f"{result.settings['dtype']} 2048^3 matmul in the same run ({ceiling:.3f} TFLOP/s): {tokens:.0f} input "
+        f"tokens/s where the matmul's rate would read {tokens * ceiling * seconds / work:.0f}."
     )
 
 
@@ -170,7 +198,15 @@ def rewrite(model: str, name: str) -> None:
     result = RulerResult(doc["model"], [RulerOutcome(**o) for o in doc["outcomes"]], doc["settings"])
     where, gguf = resolve(model)
     config = AutoConfig.from_pretrained(where, gguf_file=gguf) if gguf else AutoConfig.from_pretrained(where)
-    note = efficiency(result, config).replace("in the same run", "measured right after the run")
+    if result.settings.get("reader"):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(where, **({"gguf_file": gguf} if gguf else {}))
+        layers, prompt = reader_shape(model, tokenizer, hw.ReaderConfig(**result.settings["reader"]))
+        note = reader_efficiency(result, config, layers, prompt)
+    else:
+        note = efficiency(result, config)
+    note = note.replace("in the same run", "measured right after the run")
     write(result, out, name, note, command=doc["command"], against=doc.get("against"))
 
 
@@ -208,11 +244,12 @@ def main() -> None:
     model, tokenizer = hw.load_model(args.model, dtype=args.dtype)
     lengths = tuple(int(n) for n in args.lengths.split(","))
     if args.reader:
-        headmap = hw.shipped_headmap(args.model)
-        result = run_ruler(model, tokenizer, args.tasks, lengths, args.samples, None, headmap, hw.ReaderConfig(),
+        headmap, config = hw.shipped_headmap(args.model), hw.ReaderConfig()  # reader_shape reads the same map
+        result = run_ruler(model, tokenizer, args.tasks, lengths, args.samples, None, headmap, config,
                            seed=args.seed)  # fmt: skip
+        note = reader_efficiency(result, model.config, *reader_shape(args.model, tokenizer, config))
         name = args.name or f"ruler-reader-{'-'.join(map(str, lengths))}"
-        write(result, results_dir(args.model, "ruler"), name, against=args.against)
+        write(result, results_dir(args.model, "ruler"), name, note, against=args.against)
         return
     caches = [CachePolicy("full")]
     caches += [CachePolicy("headwise", float(b)) for b in args.headwise.split(",") if b]

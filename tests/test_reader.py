@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from headwise.apps.config import MAX_UNIT_TOKENS, ReaderConfig
-from headwise.apps.reader import Answer, Passage, Selection, answer_prompt, read
+from headwise.apps.reader import Answer, Passage, Selection, answer_prompt, read, with_sentence_neighbours
 from headwise.apps.units import choose, make_units, split_chunks
 from headwise.core.needles import Needle
 from headwise.core.shipped import shipped_headmap
@@ -26,6 +26,21 @@ def test_units_cover_the_text_and_chunks_respect_their_size():
     chunks = split_chunks(sentences, 100)
     assert np.concatenate(chunks).tolist() == list(range(len(sentences)))
     assert all(sentences[c[-1], 1] - sentences[c[0], 0] <= 100 for c in chunks)
+
+
+def test_a_long_sentence_splits_between_words_so_a_long_code_stays_whole_and_its_neighbours_come_along():
+    # one 100-token sentence whose words begin at 0, 10, 20, 30 and 42 (a 40-token code) and 82, 90
+    breaks = np.array([10, 20, 30, 42, 82, 90])
+    units = make_units(100, np.array([0]), "sentence", breaks)
+    assert units.tolist() == [[0, 42], [42, 90], [90, 100]]  # each piece ends at its last word start
+    assert (units[:, 1] - units[:, 0]).max() <= MAX_UNIT_TOKENS
+    glued = make_units(100, np.array([0]), "sentence", np.array([70]))  # a word longer than a unit is cut
+    assert glued.tolist() == [[0, 48], [48, 70], [70, 100]]
+    # a kept piece brings the pieces beside it in its sentence, never a neighbouring sentence's
+    pieces = np.array([[0, 5], [5, 53], [53, 80], [80, 90]])
+    assert with_sentence_neighbours(np.array([1]), pieces, np.array([0, 5, 80])).tolist() == [1, 2]
+    assert with_sentence_neighbours(np.array([2]), pieces, np.array([0, 5, 80])).tolist() == [1, 2]
+    assert with_sentence_neighbours(np.array([0, 3]), pieces, np.array([0, 5, 80])).tolist() == [0, 3]
 
 
 def test_choose_fills_the_budget_best_first_and_evidence_merges_neighbours():

@@ -3,9 +3,10 @@
 As in InfiniRetri (Ye et al. 2025), the text is read in chunks that fit the model's window. Each chunk is
 prompted after the units (sentences, blocks or tokens) kept so far and before the question; the attention
 the question's tokens pay each unit in the head map's top heads scores it, and the best units within a
-fixed token budget are kept for the next chunk. At the end the kept units are scored together, neighbours
-are merged into passages, passages under `focus` x the best one's score are left out, and the rest are
-given to the model on separate lines in rising order of score, the strongest next to the question. Every
+fixed token budget are kept for the next chunk. At the end a kept piece of a long sentence brings the
+pieces beside it, the kept units are scored together, neighbours are merged into passages, passages under
+`focus` x the best one's score are left out, and the rest are given to the model on separate lines in
+rising order of score, the strongest next to the question. Every
 step is one forward pass of at most prefix + keep + chunk + suffix tokens, stopped after the last layer
 that holds a chosen head: time grows linearly with the input, memory is bounded by one pass.
 """
@@ -30,7 +31,7 @@ from headwise.core.headmap import HeadMap
 from headwise.core.hooks import StopForward, attach
 from headwise.core.models import model_id, model_shape
 from headwise.core.prompts import encode, reading_prompt
-from headwise.core.text import body_span, tokenize_sentences
+from headwise.core.text import body_span, tokenize_sentences, word_starts
 from headwise.errors import HeadwiseError
 
 SEPARATOR = "\n"
@@ -132,15 +133,18 @@ def read(
     headmap: HeadMap | np.ndarray | None = None,
     config: ReaderConfig | None = None,
     progress: bool = True,
+    answer_prefix: str = "",
 ) -> Answer:
     """Answer `question` over `text` of any length, reading through the head map's `config.top` heads (a
-    (layers, heads) weight array chooses any heads; every head without a map)."""
+    (layers, heads) weight array chooses any heads; every head without a map). An `answer_prefix` opens the
+    model's turn (as RULER does for chat models); the answer is what the model writes after it."""
     began = time.perf_counter()
     config = config or ReaderConfig()
     weights = head_weights(model, headmap, config.top)
     selection = select(model, tokenizer, text, question, weights, config, progress)
     prompt, used = answer_prompt(selection, tokenizer, focus=config.focus)
-    response = greedy(model, tokenizer, prompt, config.answer_tokens)
+    opening = torch.tensor(encode(tokenizer, answer_prefix), dtype=torch.long)
+    response = greedy(model, tokenizer, torch.cat([prompt, opening]), config.answer_tokens)
     return Answer(
         response, passages(selection, used), selection.input_tokens, selection.chunks, time.perf_counter() - began,
         question, text, model_id(model), asdict(config),
@@ -176,7 +180,7 @@ def select(
             f"model's window of {max_positions}; use a chunk of at most {spare}"
         )
     ids, offsets, starts = tokenize_sentences(tokenizer, body)
-    units = make_units(len(ids), starts, config.unit)
+    units = make_units(len(ids), starts, config.unit, word_starts(body, offsets))
     chunks = split_chunks(units, config.chunk)
     last = int(np.flatnonzero(weights.any(axis=1)).max())
 
@@ -192,10 +196,22 @@ def select(
         present = np.concatenate([kept, members])
         scores, lengths = score(present)
         kept = np.sort(present[choose(scores, lengths, config.keep)])
+    if config.unit == "sentence":
+        kept = with_sentence_neighbours(kept, units, starts)
     final = score(kept)[0]
     chars = np.stack([offsets[units[kept, 0], 0], offsets[units[kept, 1] - 1, 1]], axis=1) + begin
     parts = [ids[a:b] for a, b in units[kept]]
     return Selection(prefix, suffix, parts, units[kept, 0], final, chars, len(ids), len(chunks))
+
+
+def with_sentence_neighbours(kept: np.ndarray, units: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """`kept` (sorted unit indices) plus the pieces just before and after each kept piece of a sentence that
+    was split, so that a key the heads found comes with the value beside it (a uuid after "... is:")."""
+    whole = np.isin(units[:, 0], starts) | (units[:, 0] == 0)  # unit i begins its sentence
+    before = kept[~whole[kept]] - 1
+    after = kept[kept + 1 < len(units)] + 1
+    after = after[~whole[after]]
+    return np.union1d(kept, np.concatenate([before, after]))
 
 
 @torch.inference_mode()

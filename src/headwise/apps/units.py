@@ -10,17 +10,30 @@ import numpy as np
 from headwise.apps.config import BLOCK_TOKENS, MAX_UNIT_TOKENS
 
 
-def make_units(n: int, starts: np.ndarray, unit: str) -> np.ndarray:
-    """(units, 2) token [start, end) spans covering 0..n: sentences (long ones split), fixed blocks or tokens."""
+def make_units(n: int, starts: np.ndarray, unit: str, breaks: np.ndarray | None = None) -> np.ndarray:
+    """(units, 2) token [start, end) spans covering 0..n: sentences, fixed blocks or tokens. A sentence longer
+    than MAX_UNIT_TOKENS is split at `breaks` (tokens that begin a word) where it can be, so that a long code
+    such as a uuid stays whole in one unit; without `breaks`, or inside a longer word, every MAX_UNIT_TOKENS."""
     if unit == "token":
         edges = np.arange(n + 1)
     elif unit == "block":
         edges = np.append(np.arange(0, n, BLOCK_TOKENS), n)
     else:
         bounds = np.unique(np.concatenate([[0], starts[starts < n], [n]]))
-        pieces = [np.arange(a, b, MAX_UNIT_TOKENS) for a, b in pairwise(bounds)]
-        edges = np.append(np.concatenate(pieces), n)
+        breaks = np.arange(n) if breaks is None else np.asarray(breaks)
+        edges = np.append(np.concatenate([_split(a, b, breaks) for a, b in pairwise(bounds)]), n)
     return np.stack([edges[:-1], edges[1:]], axis=1)
+
+
+def _split(begin: int, end: int, breaks: np.ndarray) -> list[int]:
+    """Starts of the pieces of the sentence [begin, end): each at most MAX_UNIT_TOKENS long and ending at the
+    last break that keeps it so."""
+    cuts = [begin]
+    while end - cuts[-1] > MAX_UNIT_TOKENS:
+        limit = cuts[-1] + MAX_UNIT_TOKENS
+        inside = breaks[(breaks > cuts[-1]) & (breaks <= limit)]
+        cuts.append(int(inside[-1]) if len(inside) else limit)
+    return cuts
 
 
 def split_chunks(units: np.ndarray, chunk: int) -> list[np.ndarray]:

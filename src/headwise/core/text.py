@@ -49,6 +49,13 @@ def tokenize_sentences(tokenizer: PreTrainedTokenizerBase, text: str) -> tuple[n
     return ids, offsets, bounds
 
 
+def word_starts(text: str, offsets: np.ndarray) -> np.ndarray:
+    """Sorted indices of the tokens that begin a word: the token opens with whitespace or follows it."""
+    first = offsets[:, 0]
+    opens = np.asarray([text[i : i + 1].isspace() or text[i - 1 : i].isspace() for i in first.tolist()], dtype=bool)
+    return np.flatnonzero(opens & (first > 0))
+
+
 def load_text(path: str | Path) -> str:
     """A UTF-8 text file's contents; refuse missing, binary, undecodable or empty files."""
     path = Path(path)

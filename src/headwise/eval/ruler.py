@@ -39,7 +39,8 @@ DEVIATIONS = {
 READER_DEVIATIONS = {
     "sentence_splitter": ruler_data.SPLITTER,
     "prompt": "read(): RULER's question (the task text after the context) in the reader's own prompt, around "
-    "the passages it kept; RULER's instruction before the context and its answer prefix are not used",
+    "the passages it kept, RULER's answer prefix opening the assistant turn; RULER's instruction before the "
+    "context is not used",
     "generation": "greedy, until the model's end-of-turn token or RULER's tokens_to_generate for the task",
 }
 
@@ -146,13 +147,17 @@ def score(task: str, prediction: str, outputs: list[str]) -> float:
     return float(METRICS[family]["metric_fn_per_sample"]([cleaned], [outputs])[0])
 
 
-def _question(sample: Sample, tokenizer: PreTrainedTokenizerBase) -> str:
-    """The reader's question: RULER's task text after the context, up to the end of the user turn."""
+def _question(sample: Sample, tokenizer: PreTrainedTokenizerBase) -> tuple[str, str]:
+    """The reader's question and answer prefix: RULER's task text after the context, up to the end of the
+    user turn, and what follows the template's opening of the model's turn."""
     from headwise.core.prompts import PLACEHOLDER, chat_parts
 
     after = chat_parts(tokenizer, PLACEHOLDER)[1]
     tail = sample.prompt[sample.context[1] :]
-    return tail[: tail.index(after)].strip().removeprefix("Question:").strip() if after in tail else tail.strip()
+    if after not in tail:
+        return tail.strip(), ""
+    cut = tail.index(after)
+    return tail[:cut].strip().removeprefix("Question:").strip(), tail[cut + len(after) :]
 
 
 def _answer_with_caches(model, tokenizer, sample: Sample, methods) -> list[RulerOutcome]:
@@ -192,7 +197,8 @@ def _answer_with_reader(model, tokenizer, sample: Sample, headmap, config) -> Ru
 
     config = replace(config, answer_tokens=sample.max_new_tokens)
     context = sample.prompt[sample.context[0] : sample.context[1]]
-    got = read(model, tokenizer, context, _question(sample, tokenizer), headmap, config, progress=False)
+    question, opening = _question(sample, tokenizer)
+    got = read(model, tokenizer, context, question, headmap, config, progress=False, answer_prefix=opening)
     evidence = " ".join(context[a:b] for a, b in got.evidence).lower()
     return RulerOutcome(
         sample.task, sample.length, sample.index, f"reader-{config.unit}", got.text, sample.outputs,
