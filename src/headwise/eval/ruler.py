@@ -167,15 +167,14 @@ def _answer_with_caches(model, tokenizer, sample: Sample, methods) -> list[Ruler
 
     from headwise.core.cache import kv_nbytes
     from headwise.core.caches import build_cache, from_prefill
-    from headwise.core.generate import answer_text, decode
+    from headwise.core.generate import answer_text, decode, prefill
     from headwise.core.prompts import encode
 
     ids = torch.tensor(encode(tokenizer, sample.prompt))
     began = time.perf_counter()
     prefilled = DynamicCache(config=model.config)
-    with torch.inference_mode():
-        logits = model(ids[None].to(model.device), cache=prefilled, use_cache=True, logits_to_keep=1).logits
-    first, prefill = int(logits[0, -1].argmax()), time.perf_counter() - began
+    first = prefill(model, ids, prefilled)
+    prefill_seconds = time.perf_counter() - began
     outcomes = []
     for label, policy, headmap in methods:
         began = time.perf_counter()
@@ -186,7 +185,7 @@ def _answer_with_caches(model, tokenizer, sample: Sample, methods) -> list[Ruler
         outcomes.append(RulerOutcome(
             sample.task, sample.length, sample.index, label, text, sample.outputs,
             score(sample.task, text, sample.outputs), len(ids), len(produced), round(time.perf_counter() - began, 3),
-            round(prefill, 3), held, full,
+            round(prefill_seconds, 3), held, full,
         ))  # fmt: skip
     return outcomes
 
