@@ -1,6 +1,7 @@
 """RULER: samples made by NVIDIA's generators with the model's tokenizer, scored by RULER's own metrics, and
 answered end to end with caches derived from one prefill."""
 
+import copy
 import html
 import json
 
@@ -16,7 +17,7 @@ from headwise.core.policy import CachePolicy
 from headwise.core.prompts import encode
 from headwise.core.shipped import cache_headmap, shipped_headmap
 from headwise.eval import ruler_data
-from headwise.eval.ruler import READER_DEVIATIONS, run_ruler, score
+from headwise.eval.ruler import READER_DEVIATIONS, deviations, run_ruler, score
 from headwise.reports import report
 
 pytest.importorskip("long_context_eval", reason="RULER's generators: ./scripts/setup.sh installs them")
@@ -57,6 +58,17 @@ def test_a_1k_sample_scores_100_right_and_0_wrong_with_rulers_metric(smol):
     again = ruler_data.generate(tok, "niah_multivalue", 1024, 2, 7, "test-smollm2")
     assert again == samples  # seeded and cached
     assert ruler_data.generate(tok, "niah_multivalue", 1024, 2, 8, "test-smollm2") != samples
+
+
+def test_a_base_model_without_a_chat_template_gets_a_plain_prompt_and_its_result_file_says_so(smol):
+    base = copy.deepcopy(smol[1])
+    base.chat_template = None  # as Gemma 3 270M's GGUF, a base model
+    (sample,) = ruler_data.generate(base, "niah_single_1", 1024, 1, 7, "test-base")
+    assert sample.prompt.startswith(base.bos_token + "A special magic number is hidden")  # no system turn
+    assert "\nAnswer: The special magic number for" in sample.prompt
+    assert deviations(base, reader=False)["prompt"].startswith("no chat template")
+    assert deviations(smol[1], reader=False)["prompt"].startswith("the model's chat template")
+    assert "no chat template" in deviations(base, reader=True)["prompt"]
 
 
 def test_two_samples_end_to_end_with_caches_from_one_prefill(smol, tmp_path):

@@ -43,6 +43,24 @@ READER_DEVIATIONS = {
     "context is not used",
     "generation": "greedy, until the model's end-of-turn token or RULER's tokens_to_generate for the task",
 }
+NO_TEMPLATE = {  # a base model (Gemma 3 270M's GGUF carries no chat template): what replaces the chat turns
+    "prompt": "no chat template (a base model): the BOS token, RULER's task text, a line 'Answer:', then RULER's "
+    "answer prefix",
+    "generation": "greedy, until the model's EOS token or RULER's tokens_to_generate for the task",
+}
+
+
+def deviations(tokenizer: PreTrainedTokenizerBase, reader: bool) -> dict[str, str]:
+    """Where a run departs from RULER's own harness, as its result file records it: the caches' or the
+    reader's prompt, and for a tokenizer without a chat template the plain prompt that stands in for it."""
+    found = dict(READER_DEVIATIONS if reader else DEVIATIONS)
+    if not tokenizer.chat_template:
+        if reader:
+            found["prompt"] += "; no chat template (a base model): the reader's plain prompt, ending in 'Answer:'"
+        else:
+            found["prompt"] = NO_TEMPLATE["prompt"]
+        found["generation"] = NO_TEMPLATE["generation"]
+    return found
 
 
 @dataclass
@@ -275,7 +293,7 @@ def run_ruler(
         "cache_ranking": headmap.method if headmap is not None and reader is None and not rankings else None,
         "rankings": {name: m.method for name, m in rankings.items()} if rankings else None,
         "ruler": {"package": "nvidia-long-context-eval", "version": ruler_data.package_version()},
-        "deviations": DEVIATIONS if reader is None else READER_DEVIATIONS,
+        "deviations": deviations(tokenizer, reader is not None),
         "dtype": str(model.dtype).removeprefix("torch."),
         "window": model_shape(model).max_positions,
         "seconds": round(time.perf_counter() - began, 1),
