@@ -1,5 +1,5 @@
 """Attention math that hooks share, written once: float32 logits grouped by KV head, the sink + recent-window
-view of a windowed head, softmax-weighted outputs, and a causal prefill as blocked bfloat16 matmuls.
+view of a windowed head, softmax-weighted outputs, and a prefill's attention as blocked bfloat16 matmuls.
 
 Shapes: queries (batch, heads, rows, head_dim), keys and values (batch, kv_heads, keys, head_dim);
 grouped logits (batch, kv_heads, group, rows, keys), where group = heads // kv_heads.
@@ -77,7 +77,7 @@ def blocked_prefill(
 ) -> torch.Tensor:
     """Self-attention of a prefill (as many query rows as keys) as batched matmuls in the inputs' dtype,
     PREFILL_BLOCK query rows at a time against only the keys those rows may see: causal without `mask`; with
-    a (1, 1, rows, keys) bool `mask` (True: may attend; every row some key, batch 1), the keys it allows, so a
+    a (1, 1, rows, keys) bool `mask` (True: may attend; every row some key), the keys it allows, so a
     sliding-window layer multiplies a window, not the whole prompt. Returns (batch, rows, heads, head_dim),
     the layout transformers' attention functions return.
 

@@ -270,7 +270,7 @@ def _blocked_prefill_fits(
     kwargs: dict,
 ) -> bool:
     """Whether this call is a bfloat16 CPU prefill that `attention.blocked_prefill` computes exactly as SDPA
-    would: as many rows as keys, causal or under a boolean mask (batch 1, every row seeing some key), no
+    would: as many rows as keys, causal or under one boolean mask for the batch (every row seeing a key), no
     dropout, soft-capping, sinks or position bias, on a CPU with bfloat16 instructions."""
     causal = kwargs.get("is_causal")
     fits = (
