@@ -17,14 +17,11 @@ import time
 from bench.common import command, matmul_tflops, prefill_tflop, results_dir, write_json, write_markdown
 
 
-def timed(run, repeats: int) -> float:
-    """Best of `repeats` wall-clock seconds of `run()`."""
-    best = float("inf")
-    for _ in range(repeats):
-        began = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - began)
-    return best
+def timed(run) -> float:
+    """Wall-clock seconds of one `run()`."""
+    began = time.perf_counter()
+    run()
+    return time.perf_counter() - began
 
 
 def main() -> None:
@@ -58,8 +55,8 @@ def main() -> None:
         gap = float((ours - plain).norm() / plain.norm())
         seconds = {"sdpa": float("inf"), "blocked": float("inf")}
         for _ in range(args.repeats):  # alternate, so that a slow spell of the machine hits both
-            seconds["sdpa"] = min(seconds["sdpa"], timed(sdpa, 1))
-            seconds["blocked"] = min(seconds["blocked"], timed(blocked, 1))
+            seconds["sdpa"] = min(seconds["sdpa"], timed(sdpa))
+            seconds["blocked"] = min(seconds["blocked"], timed(blocked))
         work = prefill_tflop(model.config, length)
         for path, s in seconds.items():
             rows.append({"length": length, "path": path, "seconds": round(s, 3), "tflops": round(work / s, 4)})
