@@ -233,6 +233,8 @@ def main() -> None:
     parser.add_argument("--maps", default="", help="compare head maps for the headwise cache: name=path,... "
                         "(path default, retrieval, gates or cache: the shipped maps)")  # fmt: skip
     parser.add_argument("--reader", action="store_true", help="read every sample with read() instead of caches")
+    parser.add_argument("--no-copy", action="store_true", help="with --reader: answer without copy-constrained "
+                        "decoding (the answer's value words need not come from the evidence)")  # fmt: skip
     parser.add_argument("--against", default=None, help="with --reader: a saved run (its name) whose full-cache "
                         "scores the reader's are set against, e.g. ruler-4096-10")  # fmt: skip
     parser.add_argument("--name", default=None)
@@ -244,7 +246,8 @@ def main() -> None:
     model, tokenizer = hw.load_model(args.model, dtype=args.dtype)
     lengths = tuple(int(n) for n in args.lengths.split(","))
     if args.reader:
-        headmap, config = hw.shipped_headmap(args.model), hw.ReaderConfig()  # reader_shape reads the same map
+        config = hw.ReaderConfig(copy=not args.no_copy)
+        headmap = hw.shipped_headmap(args.model)  # reader_shape reads the same map
         result = run_ruler(model, tokenizer, args.tasks, lengths, args.samples, None, headmap, config,
                            seed=args.seed)  # fmt: skip
         note = reader_efficiency(result, model.config, *reader_shape(args.model, tokenizer, config))

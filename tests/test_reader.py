@@ -2,8 +2,10 @@
 
 import numpy as np
 import pytest
+import torch
 
 from headwise.apps.config import MAX_UNIT_TOKENS, ReaderConfig
+from headwise.apps.copying import CopyFromSource
 from headwise.apps.reader import Answer, Passage, Selection, answer_prompt, read, with_sentence_neighbours
 from headwise.apps.units import choose, make_units, split_chunks
 from headwise.core.needles import Needle
@@ -140,3 +142,35 @@ def test_the_reader_skips_a_gutenberg_header_and_licence(smol, book):
     assert all(body[0] < p.start and p.end <= body[1] for p in answer.passages)
     assert needle.needle in " ".join(answer.quotes(text)), answer.quotes(text)
     assert "marmalade" in answer.text.lower(), answer.text
+
+
+def test_copying_keeps_an_answers_values_whole_words_of_the_source(smol):
+    _, tok = smol
+    source = "The code for gentle-river is d37ee915-31de-44f4-9f2a-8b79fc8e80b3. Add 75–100 grams of flour."
+    copy = CopyFromSource(tok, source, {tok.eos_token_id})
+    assert copy.allows("The code is d37ee915-31de-44f4-9f2a-8b79fc8e80b3.", ends=True)
+    assert copy.allows("Yes, about 75–100 grams", ends=True)  # glue words and sentence openers are free
+    assert copy.allows("d37ee915-31", ends=False)  # a value still growing need only begin a word of the source
+    assert not copy.allows("d37ee915-31", ends=True)  # ...and must end as one
+    for garbled in ("37e915f2", "d37ee915-9f2a", "10 grams", "Pebble"):  # dropped characters, made-up values
+        assert not copy.allows(garbled), garbled
+    ids = tok.encode(" d37ee915", add_special_tokens=False)
+    logits = torch.zeros(len(tok))
+    logits[tok.encode("f", add_special_tokens=False)[0]] = 5.0  # the model would drop a character...
+    logits[ids[2]] = 4.0
+    assert copy(ids[:2], logits) == ids[2]  # ...the pick continues the source's uuid instead
+    logits[tok.encode(" grams", add_special_tokens=False)[0]] = 9.0
+    assert copy(tok.encode(" 75–100", add_special_tokens=False), logits) == int(logits.argmax())  # free words stay
+
+
+def test_the_reader_copies_a_long_code_exactly(smol, book):
+    model, tok = smol
+    code = "x7q2-ghv9-b41k-0zzp"
+    needle = Needle(f"The vault's access code is {code}.", "What is the vault's access code?", code)
+    ids, _ = book.cut(tok, 2500, 40, np.asarray(tok(" " + needle.needle, add_special_tokens=False)["input_ids"]), 0.6)
+    text = tok.decode(ids)
+    config = ReaderConfig(chunk=512, keep=128)
+    answer = read(model, tok, text, needle.question, shipped_headmap("smollm2-135m"), config, progress=False)
+    assert code in answer.text, answer.text
+    evidence = " ".join(text[a:b] for a, b in answer.evidence)
+    assert CopyFromSource(tok, evidence + " " + needle.question, set()).allows(answer.text, ends=True), answer.text

@@ -20,7 +20,8 @@ class ReaderConfig:
     16-token block or token) that the `top` heads of the head map attend to most, a unit scoring the `pool`
     (sum, max or mean) of its tokens' attention. The answer comes from the kept passages scoring at least
     `focus` x the best one's (0: every kept passage, for questions that need several facts), at most
-    `answer_tokens` long. With `skip_boilerplate`, a Project Gutenberg book's header and licence are not read."""
+    `answer_tokens` long, its numbers, codes and names copied from those passages with `copy`. With
+    `skip_boilerplate`, a Project Gutenberg book's header and licence are not read."""
 
     top: int | float | str = "5%"
     chunk: int = 1024
@@ -30,6 +31,7 @@ class ReaderConfig:
     focus: float = 0.5  # chosen on development needles only (docs/experiments/reader.md)
     skip_boilerplate: bool = True
     answer_tokens: int = 32
+    copy: bool = True
 
     def __post_init__(self) -> None:
         if self.unit not in UNITS:

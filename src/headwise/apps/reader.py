@@ -8,7 +8,8 @@ pieces beside it, the kept units are scored together, neighbours are merged into
 `focus` x the best one's score are left out, and the rest are given to the model on separate lines in
 rising order of score, the strongest next to the question. Every
 step is one forward pass of at most prefix + keep + chunk + suffix tokens, stopped after the last layer
-that holds a chosen head: time grows linearly with the input, memory is bounded by one pass.
+that holds a chosen head: time grows linearly with the input, memory is bounded by one pass. The answer's
+numbers, codes and names are copied from the passages (`apps.copying`), so a small model cannot garble them.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from headwise.apps.config import ORDERS, ReaderConfig
+from headwise.apps.copying import CopyFromSource
 from headwise.apps.spans import SpanProbe, head_weights
 from headwise.apps.units import choose, make_units, pooled, split_chunks
-from headwise.core.generate import greedy
+from headwise.core.generate import argmax, greedy, stop_ids
 from headwise.core.headmap import HeadMap
 from headwise.core.hooks import StopForward, attach
 from headwise.core.models import model_id, model_shape
@@ -137,14 +139,19 @@ def read(
 ) -> Answer:
     """Answer `question` over `text` of any length, reading through the head map's `config.top` heads (a
     (layers, heads) weight array chooses any heads; every head without a map). An `answer_prefix` opens the
-    model's turn (as RULER does for chat models); the answer is what the model writes after it."""
+    model's turn (as RULER does for chat models); the answer is what the model writes after it, its value words
+    copied from what it was shown with `config.copy`."""
     began = time.perf_counter()
     config = config or ReaderConfig()
     weights = head_weights(model, headmap, config.top)
     selection = select(model, tokenizer, text, question, weights, config, progress)
     prompt, used = answer_prompt(selection, tokenizer, focus=config.focus)
-    opening = torch.tensor(encode(tokenizer, answer_prefix), dtype=torch.long)
-    response = greedy(model, tokenizer, torch.cat([prompt, opening]), config.answer_tokens)
+    prompt = torch.cat([prompt, torch.tensor(encode(tokenizer, answer_prefix), dtype=torch.long)])
+    pick = argmax
+    if config.copy:
+        seen = tokenizer.decode(prompt, skip_special_tokens=True)
+        pick = CopyFromSource(tokenizer, seen, stop_ids(model, tokenizer))
+    response = greedy(model, tokenizer, prompt, config.answer_tokens, pick=pick)
     return Answer(
         response, passages(selection, used), selection.input_tokens, selection.chunks, time.perf_counter() - began,
         question, text, model_id(model), asdict(config),

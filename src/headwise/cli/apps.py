@@ -14,6 +14,7 @@ import typer
 from headwise.cli.common import (
     READER_DEFAULTS,
     Chunk,
+    Copy,
     Device,
     Dtype,
     Focus,
@@ -128,6 +129,7 @@ def read_cmd(
     unit: Unit = READER_DEFAULTS.unit,
     pool: Pool = READER_DEFAULTS.pool,
     focus: Focus = READER_DEFAULTS.focus,
+    copy: Copy = READER_DEFAULTS.copy,
     quotes: Annotated[int | None, typer.Option(help="show only the best N passages given to the model")] = None,
     boilerplate: Annotated[
         bool, typer.Option("--boilerplate/--skip-boilerplate", help="read a Project Gutenberg header and licence too")
@@ -140,7 +142,7 @@ def read_cmd(
     from headwise.apps.reader import read
     from headwise.core.text import load_text
 
-    config = replace(reader_config(top, chunk, keep, unit, pool, focus), skip_boilerplate=not boilerplate)
+    config = replace(reader_config(top, chunk, keep, unit, pool, focus, copy), skip_boilerplate=not boilerplate)
     text = load_text(file)
     if not question.strip():
         raise HeadwiseError("--question is empty; ask something the text answers")

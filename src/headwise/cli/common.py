@@ -39,6 +39,9 @@ Unit = Annotated[str, typer.Option(help="what is kept: sentence, block (16 token
 Pool = Annotated[str, typer.Option(help="a unit's score from its tokens' attention: sum, max or mean")]
 Html = Annotated[Path | None, typer.Option(help="also write the result as a self-contained HTML report")]
 Focus = Annotated[float, typer.Option(help="answer from kept passages scoring at least this share of the best")]
+Copy = Annotated[
+    bool, typer.Option("--copy/--no-copy", help="the answer's numbers, codes and names are copied from the passages")
+]
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -130,8 +133,8 @@ def heads_map(heads: str, model_name: str, model) -> HeadMap | None:
     return headmap
 
 
-def reader_config(top: str, chunk: int, keep: int, unit: str, pool: str, focus: float) -> ReaderConfig:
-    return ReaderConfig(top=top, chunk=chunk, keep=keep, unit=unit, pool=pool, focus=focus)
+def reader_config(top: str, chunk: int, keep: int, unit: str, pool: str, focus: float, copy: bool) -> ReaderConfig:
+    return ReaderConfig(top=top, chunk=chunk, keep=keep, unit=unit, pool=pool, focus=focus, copy=copy)
 
 
 def slug(name: str) -> str:

@@ -18,6 +18,7 @@ from headwise.cli.common import (
     PROFILE_LENGTHS,
     READER_DEFAULTS,
     Chunk,
+    Copy,
     Depths,
     Device,
     Dtype,
@@ -280,6 +281,7 @@ def niah_cmd(
     unit: Unit = READER_DEFAULTS.unit,
     pool: Pool = READER_DEFAULTS.pool,
     focus: Focus = READER_DEFAULTS.focus,
+    copy: Copy = READER_DEFAULTS.copy,
     out: Annotated[Path | None, typer.Option(help="folder for results.json and heatmap.png")] = None,
 ) -> None:
     """Run a needle-in-a-haystack grid (lengths x depths); write results JSON and the accuracy heatmap.
@@ -291,7 +293,7 @@ def niah_cmd(
     if reader != "none" and cache != "full":
         raise HeadwiseError("--reader and --cache cannot be combined; the reader keeps its own context")
     policy = CachePolicy(cache, budget, sink, window)
-    config = reader_config(top, chunk, keep, unit, pool, focus) if reader == "headwise" else None
+    config = reader_config(top, chunk, keep, unit, pool, focus, copy) if reader == "headwise" else None
     grid = grid_from(NIAH_GRID, lengths, depths, needles, haystack, seed)
     if config is None:
         check_window(model, grid.lengths)

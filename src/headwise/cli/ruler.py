@@ -10,6 +10,7 @@ import typer
 from headwise.cli.common import (
     READER_DEFAULTS,
     Chunk,
+    Copy,
     Device,
     Dtype,
     Focus,
@@ -59,6 +60,7 @@ def ruler_cmd(
     unit: Unit = READER_DEFAULTS.unit,
     pool: Pool = READER_DEFAULTS.pool,
     focus: Focus = READER_DEFAULTS.focus,
+    copy: Copy = READER_DEFAULTS.copy,
     out: Annotated[Path | None, typer.Option(help="folder for results.json, table.md and scores.png")] = None,
 ) -> None:
     """Run RULER (NVIDIA's generators and metrics) on the model: results JSON, a per-task table and a plot.
@@ -80,7 +82,7 @@ def ruler_cmd(
         raise HeadwiseError(f"--samples must be at least 1, got {samples}")
     names = check_tasks(tasks)
     package_dir()  # the generators are installed
-    config = reader_config(top, chunk, keep, unit, pool, focus) if reader == "headwise" else None
+    config = reader_config(top, chunk, keep, unit, pool, focus, copy) if reader == "headwise" else None
     window = SHIPPED_WINDOWS.get(model)
     if config is None and window and max(sizes) > window:
         raise HeadwiseError(
