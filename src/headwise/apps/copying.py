@@ -34,17 +34,19 @@ class CopyFromSource:
 
     def __call__(self, produced: list[int], logits: torch.Tensor) -> int:
         candidates = torch.topk(logits.float(), min(self.k, logits.shape[-1])).indices.tolist()
+        since = len(self.tokenizer.decode(produced, skip_special_tokens=True).rstrip("\ufffd"))
         for token in candidates:
             ends = token in self.stops
             text = self.tokenizer.decode(produced if ends else [*produced, token], skip_special_tokens=True)
-            if self.allows(text, ends):
+            if self.allows(text, ends, since):
                 return token
         return candidates[0]
 
-    def allows(self, text: str, ends: bool = False) -> bool:
-        """Whether every value word of `text` is a word of the source, and no number or code is given twice;
-        the last word, unless the answer `ends` there, need only begin such a word (it may still grow). A
-        half-decoded character at the end counts as growing."""
+    def allows(self, text: str, ends: bool = False, since: int = 0) -> bool:
+        """Whether every value word of `text` that reaches `since` (where the new token begins; the words before
+        it were allowed, or taken when nothing was) is a word of the source, and no number or code is given
+        twice; the last word, unless the answer `ends` there, need only begin such a word (it may still grow).
+        A half-decoded character at the end counts as growing."""
         growing = not ends or text.endswith("\ufffd")
         text = text.rstrip("\ufffd")
         given: set[str] = set()
@@ -54,7 +56,7 @@ class CopyFromSource:
                 continue
             key = word.lower() if word.isalpha() else word
             options = self._source_words(key) - given
-            if not (key in options if whole else options):
+            if match.end() >= since and not (key in options if whole else options):
                 return False
             if not word.isalpha():
                 given.add(word)
