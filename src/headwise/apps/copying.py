@@ -34,10 +34,11 @@ class CopyFromSource:
 
     def __call__(self, produced: list[int], logits: torch.Tensor) -> int:
         candidates = torch.topk(logits.float(), min(self.k, logits.shape[-1])).indices.tolist()
-        since = len(self.tokenizer.decode(produced, skip_special_tokens=True).rstrip("\ufffd"))
+        before = self.tokenizer.decode(produced, skip_special_tokens=True)
+        since = len(before.rstrip("\ufffd"))
         for token in candidates:
             ends = token in self.stops
-            text = self.tokenizer.decode(produced if ends else [*produced, token], skip_special_tokens=True)
+            text = before if ends else self.tokenizer.decode([*produced, token], skip_special_tokens=True)
             if self.allows(text, ends, since):
                 return token
         return candidates[0]
@@ -55,9 +56,10 @@ class CopyFromSource:
             if self._is_free(word, whole):
                 continue
             key = word.lower() if word.isalpha() else word
-            options = self._source_words(key) - given
-            if match.end() >= since and not (key in options if whole else options):
-                return False
+            if match.end() >= since:
+                options = self._source_words(key) - given
+                if not (key in options if whole else options):
+                    return False
             if not word.isalpha():
                 given.add(word)
         return True
