@@ -152,6 +152,7 @@ def test_copying_keeps_an_answers_values_whole_words_of_the_source(smol):
     assert copy.allows("Yes, about 75–100 grams", ends=True)  # glue words and sentence openers are free
     assert copy.allows("d37ee915-31", ends=False)  # a value still growing need only begin a word of the source
     assert not copy.allows("d37ee915-31", ends=True)  # ...and must end as one
+    assert not copy.allows("75–100 and 75–100", ends=True)  # a value given twice in place of the next
     for garbled in ("37e915f2", "d37ee915-9f2a", "10 grams", "Pebble"):  # dropped characters, made-up values
         assert not copy.allows(garbled), garbled
     ids = tok.encode(" d37ee915", add_special_tokens=False)
