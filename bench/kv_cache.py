@@ -151,6 +151,14 @@ def require_kvpress() -> None:
         raise SystemExit(f"{KVPRESS_PYTHON} is missing; run bench/kvpress/setup.sh first")
 
 
+def kvpress_presses() -> list[str]:
+    """The presses bench/kvpress/run_presses.py runs (asked in .venv-kvpress, where they are defined)."""
+    require_kvpress()
+    runner = Path(__file__).parent / "kvpress" / "run_presses.py"
+    done = subprocess.run([str(KVPRESS_PYTHON), str(runner), "--list"], check=True, capture_output=True, text=True)
+    return done.stdout.split()
+
+
 def answer_with_kvpress(spec: dict) -> dict:
     """kvpress's answers to the exported tests in `spec`, from bench/kvpress/run_presses.py run in .venv-kvpress."""
     require_kvpress()

@@ -1,6 +1,7 @@
 """Run kvpress presses on prompts exported by bench/kv_cache.py or bench/ruler_kvpress.py; runs inside .venv-kvpress.
 
     .venv-kvpress/bin/python bench/kvpress/run_presses.py TESTS.json OUT.json
+    .venv-kvpress/bin/python bench/kvpress/run_presses.py --list      # the presses it runs, one per line
 
 It does not import headwise (kvpress pins an older transformers). The prompts arrive as token ids
 split into context and question, so both sides see identical tokens; kvpress compresses the
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from kvpress import (
     AdaKVPress,
     ExpectedAttentionPress,
     KnormPress,
+    KVzipPress,
     SnapKVPress,
     StreamingLLMPress,
     TOVAPress,
@@ -34,17 +37,27 @@ PRESSES = {
     "kvpress-expected_attention": lambda r: ExpectedAttentionPress(compression_ratio=r),
     "kvpress-tova": lambda r: TOVAPress(compression_ratio=r),
     "kvpress-knorm": lambda r: KnormPress(compression_ratio=r),
+    "kvpress-kvzip": lambda r: KVzipPress(compression_ratio=r),
 }
 
 
 def main() -> None:
     """Answer every exported test under every press and budget; write the answers and timings."""
+    if sys.argv[1] == "--list":
+        sys.stdout.write("".join(f"{name}\n" for name in PRESSES))
+        return
     spec = json.loads(Path(sys.argv[1]).read_text())
     kwargs = {"gguf_file": spec["gguf_file"]} if spec["gguf_file"] else {}
     tokenizer = AutoTokenizer.from_pretrained(spec["model_dir"], **kwargs)
     model = AutoModelForCausalLM.from_pretrained(
         spec["model_dir"], dtype=getattr(torch, spec.get("dtype", "float32")), attn_implementation="sdpa", **kwargs
     )
+    if spec["gguf_file"]:
+        # KVzip loads the tokenizer again from config.name_or_path, which cannot name a GGUF file: point it at a
+        # plain copy of the same tokenizer.
+        plain = tempfile.TemporaryDirectory(prefix="kvpress-tokenizer-")  # removed when this process ends
+        tokenizer.save_pretrained(plain.name)
+        model.config.name_or_path = plain.name
     pipe = pipeline("kv-press-text-generation", model=model, tokenizer=tokenizer)
     rows = []
     for name in spec["presses"]:
