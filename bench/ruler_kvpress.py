@@ -72,16 +72,15 @@ def main() -> None:
         "budgets": [float(b) for b in args.budgets.split(",")], "max_new_tokens": 128, "tests": tests,
         "dtype": args.dtype or settings["dtype"],
     }  # fmt: skip
-    answered = answer_with_kvpress(spec)
     keys = {(s.task, s.length, s.index) for s in samples}
-    outcomes = [RulerOutcome(**o) for o in run["outcomes"] if (o["task"], o["length"], o["index"]) in keys]
-    rows = {}  # press row -> what it held and the command that made it
     question = "in the compressed context" if args.question_in_context else "after compression"
-    if args.add:
-        earlier, rows = earlier_presses(out / f"{name}.json", keys, question)
-        rows = {m: r for m, r in rows.items() if not any(m == f"{a['method']}-{a['budget']:.0%}"
-                                                         for a in answered["rows"])}  # fmt: skip
-        outcomes += [o for o in earlier if o.method in rows]
+    # press row -> what it held and the command that made it; --add's file is checked before kvpress runs
+    earlier, rows = earlier_presses(out / f"{name}.json", keys, question) if args.add else ([], {})
+    answered = answer_with_kvpress(spec)
+    outcomes = [RulerOutcome(**o) for o in run["outcomes"] if (o["task"], o["length"], o["index"]) in keys]
+    redone = {f"{a['method']}-{a['budget']:.0%}" for a in answered["rows"]}
+    rows = {m: r for m, r in rows.items() if m not in redone}
+    outcomes += [o for o in earlier if o.method in rows]
     command = this_command()
     for row in answered["rows"]:
         method = f"{row['method']}-{row['budget']:.0%}"
