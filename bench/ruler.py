@@ -109,11 +109,10 @@ def cache_rows(result) -> list[str]:
     full = {n: row["average"] for (m, n), row in scores.items() if m == "full"}
     rows = ["| method | length | RULER average | % of full | KV held | kept / lost / won vs full | s per answer |",
             "|---|---:|---:|---:|---:|---|---:|"]  # fmt: skip
-    presses = result.settings.get("kvpress_rows", {})  # kvpress counts what its presses hold itself
     for (method, length), row in scores.items():
         if length not in full:
             continue
-        ratio = presses[method]["held"] if method in presses else result.kv_ratio(method)
+        ratio = result.kv_ratio(method)
         k, lost, won = kept_lost(result, method)
         secs = np.mean([o.seconds for o in result.outcomes if o.method == method])
         rows.append(

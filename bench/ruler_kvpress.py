@@ -78,6 +78,8 @@ def main() -> None:
     earlier, rows = earlier_presses(out / f"{name}.json", keys, question) if args.add else ([], {})
     answered = answer_with_kvpress(spec)
     outcomes = [RulerOutcome(**o) for o in run["outcomes"] if (o["task"], o["length"], o["index"]) in keys]
+    # a press's KV held, in bytes of the sample's full cache (the share is of the context's entries, kvpress's count)
+    full_bytes = {(o.task, o.length, o.index): o.full_kv_bytes for o in outcomes if o.method == "full"}
     redone = {f"{a['method']}-{a['budget']:.0%}" for a in answered["rows"]}
     rows = {m: r for m, r in rows.items() if m not in redone}
     outcomes += [o for o in earlier if o.method in rows]
@@ -86,15 +88,15 @@ def main() -> None:
         method = f"{row['method']}-{row['budget']:.0%}"
         rows[method] = {"held": row["kv_ratio"], "command": command}
         per = row["seconds"] / len(samples)
-        for s, t, answer in zip(samples, tests, row["answers"], strict=True):
+        for s, t, answer, share in zip(samples, tests, row["answers"], row["held"], strict=True):
             tokens = len(t["context_ids"]) + len(t["question_ids"])
+            full = full_bytes[(s.task, s.length, s.index)]
             outcomes.append(RulerOutcome(
                 s.task, s.length, s.index, method, answer, s.outputs, score(s.task, answer, s.outputs), tokens, 0,
-                round(per, 2),
+                round(per, 2), kv_bytes=round(share * full), full_kv_bytes=full,
             ))  # fmt: skip
     kept = {**settings, "samples": count, "tasks": tasks, "kvpress": answered["kvpress_version"],
             "kvpress_dtype": spec["dtype"], "kvpress_rows": rows, "kvpress_question": question}  # fmt: skip
-    held = ", ".join(f"{m} {r['held']:.0%}" for m, r in rows.items())
     others = sorted({r["command"] for r in rows.values()} - {command})
     note = (
         f" kvpress {answered['kvpress_version']} rows: its own prefill and pipeline per sample (context = "
@@ -103,8 +105,9 @@ def main() -> None:
             if args.question_in_context
             else "the prompt up to the end of RULER's context"
         )
-        + "), 's per answer' = its prefill + decoding; the share of the "
-        f"context's KV entries each press held after answering (its own count): {held}."
+        + "), 's per answer' = its prefill + decoding, timed in its own run (on another day than the saved "
+        "run's rows, perhaps: this machine's speed varies up to 5x from day to day); a press's 'KV held' is "
+        "the share of the context's KV entries it held after answering (its own count)."
         + "".join(f" Rows added earlier by `{c}`." for c in others)
     )
     write(RulerResult(run["model"], outcomes, kept), out, name, note, command)

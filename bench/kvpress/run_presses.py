@@ -85,6 +85,7 @@ def main() -> None:
                     "method": name,
                     "budget": budget,
                     "answers": answers,
+                    "held": held,
                     "kv_ratio": sum(held) / len(held),
                     "seconds": round(time.perf_counter() - began, 1),
                 }
