@@ -76,10 +76,13 @@ def main() -> None:
     question = "in the compressed context" if args.question_in_context else "after compression"
     # press row -> what it held and the command that made it; --add's file is checked before kvpress runs
     earlier, rows = earlier_presses(out / f"{name}.json", keys, question) if args.add else ([], {})
-    answered = answer_with_kvpress(spec)
     outcomes = [RulerOutcome(**o) for o in run["outcomes"] if (o["task"], o["length"], o["index"]) in keys]
     # a press's KV held, in bytes of the sample's full cache (the share is of the context's entries, kvpress's count)
     full_bytes = {(o.task, o.length, o.index): o.full_kv_bytes for o in outcomes if o.method == "full"}
+    if set(full_bytes) != keys:
+        raise SystemExit(f"error: run {args.run} has no full-cache answers to set the presses against; "
+                         "name a saved bench.ruler cache run")  # fmt: skip
+    answered = answer_with_kvpress(spec)
     redone = {f"{a['method']}-{a['budget']:.0%}" for a in answered["rows"]}
     rows = {m: r for m, r in rows.items() if m not in redone}
     outcomes += [o for o in earlier if o.method in rows]
