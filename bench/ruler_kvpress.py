@@ -74,7 +74,7 @@ def main() -> None:
     }  # fmt: skip
     keys = {(s.task, s.length, s.index) for s in samples}
     question = "in the compressed context" if args.question_in_context else "after compression"
-    # press row -> what it held and the command that made it; --add's file is checked before kvpress runs
+    # press row -> the command that made it; --add's file is checked before kvpress runs
     earlier, rows = earlier_presses(out / f"{name}.json", keys, question) if args.add else ([], {})
     outcomes = [RulerOutcome(**o) for o in run["outcomes"] if (o["task"], o["length"], o["index"]) in keys]
     # a press's KV held, in bytes of the sample's full cache (the share is of the context's entries, kvpress's count)
@@ -89,7 +89,7 @@ def main() -> None:
     command = this_command()
     for row in answered["rows"]:
         method = f"{row['method']}-{row['budget']:.0%}"
-        rows[method] = {"held": row["kv_ratio"], "command": command}
+        rows[method] = {"command": command}
         per = row["seconds"] / len(samples)
         for s, t, answer, share in zip(samples, tests, row["answers"], row["held"], strict=True):
             tokens = len(t["context_ids"]) + len(t["question_ids"])
