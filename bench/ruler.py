@@ -5,6 +5,7 @@ cache from that prefill), scored by RULER's metrics.
     python -m bench.ruler --seed 7 --samples 3 --headwise 0.3 --maps gates=gates,retrieval=retrieval  # rankings
     python -m bench.ruler --reader --lengths 32768 --tasks niah_single_1,niah_single_2 --samples 2 \
         --against ruler-4096-10       # the reader beyond the window, next to the full cache's scores at 4K
+    python -m bench.ruler --merge ruler-4096-10,ruler-4096-10-seed43 --name ruler-4096-20   # runs on two seeds
 
 Methods: the full cache; `headwise-B` (the default ranking's top KV heads in full, sink + window for the
 rest, within budget B; with --maps, `headwise[name]-B` for each head map named); `window-B` (sink + recent
@@ -12,7 +13,8 @@ window on every head, StreamingLLM); with --reader, read() through the shipped r
 length, counting answers in the evidence given to the model apart from answers right, each task's score
 next to the full cache's in the run --against. Writes
 bench/results/<model>/ruler/<--name>.json (every outcome), .md (per-task table, answers kept/lost/won vs the
-full cache) and .png (RULER average vs KV budget).
+full cache) and .png (RULER average vs KV budget). --merge joins saved runs made on other seeds (or their
+kvpress files) into one, keeping the methods every part answered.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 
 import numpy as np
 
@@ -154,8 +157,10 @@ def write(result, out, name: str, note: str = "", command: str | None = None, ag
     reference = json.loads((out / f"{against}.json").read_text()) if against else None
     write_json(out / f"{name}.json", {"command": command, "against": against, **result.to_dict()})
     settings = result.settings
+    seeds = settings["seed"] if isinstance(settings["seed"], list) else [settings["seed"]]
     about = (
-        f"`{command}` — {result.model}, {settings['dtype']}, seed {settings['seed']}, {settings['samples']} "
+        f"`{command}` — {result.model}, {settings['dtype']}, seed {' + '.join(map(str, seeds))}, "
+        f"{settings['samples']} "
         f"samples per task; RULER {settings['ruler']['version']} generators and metrics. Deviations: "
         + "; ".join(f"{k}: {v}" for k, v in settings["deviations"].items())
         + ". A sample counts as right at score 100."
@@ -210,6 +215,50 @@ def rewrite(model: str, name: str) -> None:
     write(result, out, name, note, command=doc["command"], against=doc.get("against"))
 
 
+def merge(model: str, names: list[str], name: str) -> None:
+    """Saved runs on other seeds (same model, lengths, tasks, dtype and deviations) as one run: each part's
+    sample indices follow the previous parts', only the methods every part answered are kept, and each part's
+    name, seed, samples and command are recorded in the settings."""
+    from headwise.eval.ruler import RulerOutcome, RulerResult
+
+    out = results_dir(model, "ruler")
+    docs = [json.loads((out / f"{n}.json").read_text()) for n in names]
+    same = ("lengths", "tasks", "dtype", "deviations", "ruler", "reader", "cache_ranking", "rankings",
+            "kvpress_question", "kvpress_dtype")  # fmt: skip
+    for n, doc in zip(names[1:], docs[1:], strict=True):
+        if differ := [k for k in same if doc["settings"].get(k) != docs[0]["settings"].get(k)]:
+            raise SystemExit(f"error: run {n} differs from {names[0]} in {', '.join(differ)}; merge runs made alike")
+    if any("parts" in d["settings"] for d in docs):
+        raise SystemExit("error: a run named is itself merged; merge its parts instead")
+    seeds = [d["settings"]["seed"] for d in docs]
+    if len(set(seeds)) < len(seeds):
+        raise SystemExit(f"error: the runs share a seed ({seeds}): their samples would count twice")
+    methods = [m for m in dict.fromkeys(o["method"] for o in docs[0]["outcomes"])
+               if all(any(o["method"] == m for o in d["outcomes"]) for d in docs[1:])]  # fmt: skip
+    labels = {re.sub(r"\[.*\]", "", m) for m in methods}  # "headwise[gates]-30%" -> "headwise-30%"
+    caches = [[c for c in d["settings"].get("caches") or [] if CachePolicy(**c).label in labels] for d in docs]
+    if any(c != caches[0] for c in caches):
+        raise SystemExit("error: the runs' caches of one name differ (sink, window or reduce); merge runs made alike")
+    outcomes, offset = [], 0
+    for doc in docs:
+        outcomes += [RulerOutcome(**{**o, "index": o["index"] + offset}) for o in doc["outcomes"]
+                     if o["method"] in methods]  # fmt: skip
+        offset += doc["settings"]["samples"]
+    parts = [{"name": n, "seed": d["settings"]["seed"], "samples": d["settings"]["samples"], "command": d["command"]}
+             for n, d in zip(names, docs, strict=True)]  # fmt: skip
+    settings = {**docs[0]["settings"], "seed": seeds, "samples": offset, "parts": parts, "caches": caches[0],
+                "seconds": sum(d["settings"].get("seconds", 0) for d in docs)}  # fmt: skip
+    settings.pop("kvpress_rows", None)  # each part's commands are in "parts"
+    note = (
+        " Merged from "
+        + ", ".join(
+            f"`{p['name']}` (seed {p['seed']}, {p['samples']} per task, made by `{p['command']}`)" for p in parts
+        )
+        + "; times are each part's own, on the day it ran (this machine's speed varies up to 5x by day)."
+    )
+    write(RulerResult(docs[0]["model"], outcomes, settings), out, name, note)
+
+
 def shipped_map(model_name: str, path: str, model):
     """The head map `path` names: "default" (what a headwise cache ranks by, `cache_headmap`), a kind of the
     model's shipped maps (retrieval, gates, cache) or a file."""
@@ -239,9 +288,16 @@ def main() -> None:
                         "scores the reader's are set against, e.g. ruler-4096-10")  # fmt: skip
     parser.add_argument("--name", default=None)
     parser.add_argument("--rewrite", default=None, help="re-make the tables and plots of a saved run (its name)")
+    parser.add_argument("--merge", default=None, help="join saved runs on other seeds (their names, comma-"
+                        "separated) into one named --name")  # fmt: skip
     args = parser.parse_args()
     if args.rewrite:
         rewrite(args.model, args.rewrite)
+        return
+    if args.merge:
+        if not args.name:
+            raise SystemExit("error: --merge needs --name for the merged run")
+        merge(args.model, args.merge.split(","), args.name)
         return
     model, tokenizer = hw.load_model(args.model, dtype=args.dtype)
     lengths = tuple(int(n) for n in args.lengths.split(","))

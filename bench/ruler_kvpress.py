@@ -56,6 +56,8 @@ def main() -> None:
     out = results_dir(args.model, "ruler")
     run = json.loads((out / f"{args.run}.json").read_text())
     settings = run["settings"]
+    if "parts" in settings:
+        raise SystemExit(f"error: run {args.run} is merged from other runs; run kvpress on each part, then merge")
     tasks = args.tasks.split(",") if args.tasks else settings["tasks"]
     count = min(args.samples or settings["samples"], settings["samples"])
     where, gguf = resolve(args.model)
