@@ -222,6 +222,8 @@ def merge(model: str, names: list[str], name: str) -> None:
     from headwise.eval.ruler import RulerOutcome, RulerResult
 
     out = results_dir(model, "ruler")
+    if missing := [n for n in names if not (out / f"{n}.json").exists()]:
+        raise SystemExit(f"error: no saved run {', '.join(missing)} in {out}")
     docs = [json.loads((out / f"{n}.json").read_text()) for n in names]
     same = ("lengths", "tasks", "dtype", "deviations", "ruler", "reader", "cache_ranking", "rankings",
             "kvpress_question", "kvpress_dtype")  # fmt: skip
@@ -244,15 +246,22 @@ def merge(model: str, names: list[str], name: str) -> None:
         outcomes += [RulerOutcome(**{**o, "index": o["index"] + offset}) for o in doc["outcomes"]
                      if o["method"] in methods]  # fmt: skip
         offset += doc["settings"]["samples"]
-    parts = [{"name": n, "seed": d["settings"]["seed"], "samples": d["settings"]["samples"], "command": d["command"]}
-             for n, d in zip(names, docs, strict=True)]  # fmt: skip
+    parts = []  # each part's commands: the run's, or for a kvpress file those of the press rows kept
+    for n, d in zip(names, docs, strict=True):
+        rows = d["settings"].get("kvpress_rows") or {}
+        commands = list(dict.fromkeys(r["command"] for m, r in rows.items() if m in methods)) or [d["command"]]
+        parts.append({"name": n, "seed": d["settings"]["seed"], "samples": d["settings"]["samples"],
+                      "commands": commands})  # fmt: skip
     settings = {**docs[0]["settings"], "seed": seeds, "samples": offset, "parts": parts, "caches": caches[0],
                 "seconds": sum(d["settings"].get("seconds", 0) for d in docs)}  # fmt: skip
     settings.pop("kvpress_rows", None)  # each part's commands are in "parts"
     note = (
         " Merged from "
         + ", ".join(
-            f"`{p['name']}` (seed {p['seed']}, {p['samples']} per task, made by `{p['command']}`)" for p in parts
+            f"`{p['name']}` (seed {p['seed']}, {p['samples']} per task, made by "
+            + " and ".join(f"`{c}`" for c in p["commands"])
+            + ")"
+            for p in parts
         )
         + "; times are each part's own, on the day it ran (this machine's speed varies up to 5x by day)."
     )
