@@ -265,6 +265,9 @@ def merge(model: str, names: list[str], name: str) -> None:
         )
         + "; times are each part's own, on the day it ran (this machine's speed varies up to 5x by day)."
     )
+    if "kvpress" in settings:
+        note += (f" kvpress {settings['kvpress']} rows: 's per answer' is its own prefill + decoding, 'KV held' the "
+                 "share of the context's KV entries it held (its own count).")  # fmt: skip
     write(RulerResult(docs[0]["model"], outcomes, settings), out, name, note)
 
 
