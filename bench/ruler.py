@@ -200,6 +200,8 @@ def rewrite(model: str, name: str) -> None:
 
     out = results_dir(model, "ruler")
     doc = json.loads((out / f"{name}.json").read_text())
+    if "parts" in doc["settings"]:
+        raise SystemExit(f"error: run {name} is merged from other runs; make it again with --merge")
     result = RulerResult(doc["model"], [RulerOutcome(**o) for o in doc["outcomes"]], doc["settings"])
     where, gguf = resolve(model)
     config = AutoConfig.from_pretrained(where, gguf_file=gguf) if gguf else AutoConfig.from_pretrained(where)
@@ -218,7 +220,7 @@ def rewrite(model: str, name: str) -> None:
 def merge(model: str, names: list[str], name: str) -> None:
     """Saved runs on other seeds (same model, lengths, tasks, dtype and deviations) as one run: each part's
     sample indices follow the previous parts', only the methods every part answered are kept, and each part's
-    name, seed, samples and command are recorded in the settings."""
+    name, seed, samples and commands are recorded in the settings."""
     from headwise.eval.ruler import RulerOutcome, RulerResult
 
     out = results_dir(model, "ruler")
