@@ -33,6 +33,12 @@ from headwise.core.policy import CachePolicy
 from headwise.core.prompts import reading_prompt
 from headwise.eval.ruler import run_ruler
 
+PRESS_COLUMNS = (  # what a kvpress row's columns mean, in every file that holds one
+    "'s per answer' = its prefill + decoding, timed in its own run (on another day than the saved run's rows, "
+    "perhaps: this machine's speed varies up to 5x from day to day); a press's 'KV held' is the share of the "
+    "context's KV entries it held after answering (its own count)."
+)
+
 
 def kept_lost(result, method: str) -> tuple[int, int, int]:
     """(answers kept, lost, won) by `method` against the full cache: a sample counts as right at score 100."""
@@ -227,13 +233,13 @@ def merge(model: str, names: list[str], name: str) -> None:
     if missing := [n for n in names if not (out / f"{n}.json").exists()]:
         raise SystemExit(f"error: no saved run {', '.join(missing)} in {out}")
     docs = [json.loads((out / f"{n}.json").read_text()) for n in names]
+    if any("parts" in d["settings"] for d in docs):
+        raise SystemExit("error: a run named is itself merged; merge its parts instead")
     same = ("lengths", "tasks", "dtype", "deviations", "ruler", "reader", "cache_ranking", "rankings",
             "kvpress_question", "kvpress_dtype")  # fmt: skip
     for n, doc in zip(names[1:], docs[1:], strict=True):
         if differ := [k for k in same if doc["settings"].get(k) != docs[0]["settings"].get(k)]:
             raise SystemExit(f"error: run {n} differs from {names[0]} in {', '.join(differ)}; merge runs made alike")
-    if any("parts" in d["settings"] for d in docs):
-        raise SystemExit("error: a run named is itself merged; merge its parts instead")
     seeds = [d["settings"]["seed"] for d in docs]
     if len(set(seeds)) < len(seeds):
         raise SystemExit(f"error: the runs share a seed ({seeds}): their samples would count twice")
@@ -268,8 +274,7 @@ def merge(model: str, names: list[str], name: str) -> None:
         + "; times are each part's own, on the day it ran (this machine's speed varies up to 5x by day)."
     )
     if "kvpress" in settings:
-        note += (f" kvpress {settings['kvpress']} rows: 's per answer' is its own prefill + decoding, 'KV held' the "
-                 "share of the context's KV entries it held (its own count).")  # fmt: skip
+        note += f" kvpress {settings['kvpress']} rows: {PRESS_COLUMNS}"
     write(RulerResult(docs[0]["model"], outcomes, settings), out, name, note)
 
 

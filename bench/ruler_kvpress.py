@@ -24,7 +24,7 @@ from transformers import AutoTokenizer
 from bench.common import command as this_command
 from bench.common import results_dir
 from bench.kv_cache import answer_with_kvpress, kvpress_presses
-from bench.ruler import write
+from bench.ruler import PRESS_COLUMNS, write
 from headwise.core.models import resolve
 from headwise.core.prompts import encode
 from headwise.eval import ruler_data
@@ -110,9 +110,8 @@ def main() -> None:
             if args.question_in_context
             else "the prompt up to the end of RULER's context"
         )
-        + "), 's per answer' = its prefill + decoding, timed in its own run (on another day than the saved "
-        "run's rows, perhaps: this machine's speed varies up to 5x from day to day); a press's 'KV held' is "
-        "the share of the context's KV entries it held after answering (its own count)."
+        + "), "
+        + PRESS_COLUMNS
         + "".join(f" Rows added earlier by `{c}`." for c in others)
     )
     write(RulerResult(run["model"], outcomes, kept), out, name, note, command)
