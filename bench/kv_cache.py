@@ -136,8 +136,9 @@ def report(doc: dict, stem: Path) -> None:
         "Commands: "
         + "; ".join(f"`{c}`" for c in dict.fromkeys(r["command"] for r in doc["rows"]))
         + f"; {doc['tests']}, lengths {doc['lengths']}, depths {doc['depths']}. "
-        "Rows are described in bench/kv_cache.py and docs/kv-cache.md (`headwise-swapped`: the default ranking; "
-        "`-mean`: KV heads scored by their query heads' mean). KV held is measured from the caches (kvpress: "
+        "Rows are described in bench/kv_cache.py and docs/kv-cache.md (`headwise-names`: the default ranking; "
+        "`headwise-swapped`: the default until RULER, issue #23; `-mean`: KV heads scored by their query heads' mean). "
+        "KV held is measured from the caches (kvpress: "
         "tokens kept after compression; AdaKV masks instead of dropping, so it holds everything). `least window` "
         "is what headwise's other heads keep at least; the budget its full heads leave widens it."
     )
