@@ -52,9 +52,9 @@ class AnswerMass(AttentionHook):
         return weights
 
 
-def answer_positions(tokenizer, sample: ruler_data.Sample, recent: int) -> torch.Tensor:
+def answer_positions(tokenizer, sample: ruler_data.Sample) -> torch.Tensor:
     """(prompt tokens,) bool: the tokens of every place in the task's context where one of the sample's answers
-    stands (case-insensitive, whole words), except the last `recent` tokens of the prompt."""
+    stands (case-insensitive, whole words)."""
     enc = tokenizer(sample.prompt, add_special_tokens=False, return_offsets_mapping=True)
     starts = np.array([a for a, _ in enc["offset_mapping"]])
     ends = np.array([b for _, b in enc["offset_mapping"]])
@@ -63,7 +63,6 @@ def answer_positions(tokenizer, sample: ruler_data.Sample, recent: int) -> torch
     for output in sample.outputs:
         for m in re.finditer(rf"(?<!\w){re.escape(output)}(?!\w)", sample.prompt[a:b], flags=re.IGNORECASE):
             on |= (starts < a + m.end()) & (ends > a + m.start())
-    on[max(len(on) - recent, 0) :] = False
     return torch.from_numpy(on)
 
 
@@ -77,20 +76,19 @@ def ruler_items(model, tokenizer, args):
                 yield (
                     task,
                     ids,
-                    answer_positions(tokenizer, sample, args.recent),
+                    answer_positions(tokenizer, sample),
                     sample.max_new_tokens,
                     (lambda text, s=sample: score(s.task, text, s.outputs) == 100.0),
                 )
 
 
-def needle_items(model, tokenizer, args):
+def needle_items(tokenizer, args):
     """The same per needle test of a grid in prose: the answer positions are the needle sentence's tokens."""
     lengths = tuple(int(n) for n in args.needle_lengths.split(","))
     grid = hw.NeedleGrid(lengths, (0.1, 0.3, 0.5, 0.7, 0.9), needles=args.needles, haystack=args.book)
     for test in hw.needle_tests(tokenizer, grid):
         on = torch.zeros(len(test.ids), dtype=torch.bool)
         on[test.span[0] : test.span[1]] = True
-        on[max(len(on) - args.recent, 0) :] = False
         yield f"needles {test.length}", test.ids, on, MAX_NEW_TOKENS, lambda text, t=test: is_correct(t.needle, text)
 
 
@@ -132,7 +130,7 @@ def main() -> None:
     model, tokenizer = hw.load_model(args.model, dtype=args.dtype)
     shape = model_shape(model)
     if args.needles:
-        items, size = needle_items(model, tokenizer, args), args.needles * 5 * len(args.needle_lengths.split(","))
+        items, size = needle_items(tokenizer, args), args.needles * 5 * len(args.needle_lengths.split(","))
         data = {"needles": args.needles, "book": args.book, "lengths": args.needle_lengths, "depths": "0.1-0.9"}
     else:
         tasks = ruler_data.check_tasks(args.tasks)
@@ -143,6 +141,7 @@ def main() -> None:
     by_task: dict[str, list[int]] = {}
     began = time.perf_counter()
     for label, ids, on, max_new, judge in tqdm(items, total=size, desc="answer attention", unit="prompt"):
+        on[max(len(on) - args.recent, 0) :] = False  # a windowed head keeps these anyway
         cache = DynamicCache(config=model.config)
         first = prefill(model, ids, cache)
         probe = AnswerMass(on, shape.num_layers, shape.num_heads, max_new)
