@@ -16,7 +16,6 @@ the default cache ranking, and whether the default keeps it full at 30%.
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 import time
@@ -27,7 +26,7 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache
 
 import headwise as hw
-from bench.common import command, results_dir, write_markdown
+from bench.common import command, results_dir, ruler_sample_parser, write_markdown
 from headwise.core.generate import MAX_NEW_TOKENS, answer_text, decode, prefill
 from headwise.core.hooks import AttentionCall, AttentionHook, attach
 from headwise.core.models import model_id, model_shape
@@ -108,13 +107,7 @@ def union(model_name: str, names: list[str], name: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--length", type=int, default=4096)
-    parser.add_argument("--tasks", default="all")
-    parser.add_argument("--samples", type=int, default=4)
-    parser.add_argument("--seeds", default="7,8", help="RULER seeds (development data only)")
+    parser = ruler_sample_parser(__doc__, samples=4, seeds="7,8", seeds_help="RULER seeds (development data only)")
     parser.add_argument("--needles", type=int, default=0, help="instead of RULER: this many needles of the shipped "
                         "profiling set in --book, at --needle-lengths and depths 0.1-0.9")  # fmt: skip
     parser.add_argument("--book", default="pride-and-prejudice")

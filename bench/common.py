@@ -3,6 +3,7 @@ back), partial reruns that keep the rows not redone, and writers for JSON, markd
 
 from __future__ import annotations
 
+import argparse
 import json
 import shlex
 import sys
@@ -25,6 +26,19 @@ def command() -> str:
     """How this run was started, as a shell line: `python -m bench.<script> <args>`."""
     script = Path(sys.argv[0]).stem
     return shlex.join(["python", "-m", f"bench.{script}", *sys.argv[1:]])
+
+
+def ruler_sample_parser(doc: str, samples: int, seeds: str, seeds_help: str) -> argparse.ArgumentParser:
+    """A parser with the options that pick RULER samples (model, dtype, length, tasks, samples, seeds), for the
+    scripts that read the full cache's answers on them."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--length", type=int, default=4096)
+    parser.add_argument("--tasks", default="all")
+    parser.add_argument("--samples", type=int, default=samples)
+    parser.add_argument("--seeds", default=seeds, help=seeds_help)
+    return parser
 
 
 def merge_rows(path: Path, rows: list[dict], key: Callable[[dict], tuple]) -> list[dict]:

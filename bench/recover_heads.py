@@ -14,7 +14,6 @@ ranking made from it is chosen on the seeds it ran on: judge it on others (`benc
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import time
@@ -25,7 +24,7 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache
 
 import headwise as hw
-from bench.common import command, results_dir, write_markdown
+from bench.common import command, results_dir, ruler_sample_parser, write_markdown
 from bench.ruler import shipped_map
 from headwise.core.cache import HeadwiseCache
 from headwise.core.caches import from_prefill
@@ -78,13 +77,7 @@ def lost_and_saved(model, tokenizer, sample, ranking: hw.HeadMap, budget: float)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--length", type=int, default=4096)
-    parser.add_argument("--tasks", default="all")
-    parser.add_argument("--samples", type=int, default=5)
-    parser.add_argument("--seeds", default="8,9", help="RULER seeds")
+    parser = ruler_sample_parser(__doc__, samples=5, seeds="8,9", seeds_help="RULER seeds")
     parser.add_argument("--budget", type=float, default=0.3)
     parser.add_argument("--map", default="default", help="the ranking whose losses are examined: default, "
                         "retrieval, gates, cache or a head map file")  # fmt: skip
