@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache
 
 import headwise as hw
-from bench.common import command, results_dir, ruler_sample_parser, write_markdown
+from bench.common import command, results_dir, ruler_sample_parser, run_main, write_markdown
 from headwise.core.generate import MAX_NEW_TOKENS, answer_text, decode, prefill
 from headwise.core.hooks import AttentionCall, AttentionHook, attach
 from headwise.core.models import model_id, model_shape
@@ -176,4 +176,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -10,6 +10,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from headwise.errors import HeadwiseError
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 DATA = ROOT / "bench" / "data"
@@ -26,6 +28,14 @@ def command() -> str:
     """How this run was started, as a shell line: `python -m bench.<script> <args>`."""
     script = Path(sys.argv[0]).stem
     return shlex.join(["python", "-m", f"bench.{script}", *sys.argv[1:]])
+
+
+def run_main(main: Callable[[], None]) -> None:
+    """Run a benchmark's `main`, ending bad input (a task, a head map) with one `error:` line, not a traceback."""
+    try:
+        main()
+    except HeadwiseError as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 def ruler_sample_parser(doc: str, samples: int, seeds: str, seeds_help: str) -> argparse.ArgumentParser:

@@ -15,7 +15,6 @@ ranking made from it is chosen on the seeds it ran on: judge it on others (`benc
 from __future__ import annotations
 
 import itertools
-import json
 import time
 
 import numpy as np
@@ -24,7 +23,7 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache
 
 import headwise as hw
-from bench.common import command, results_dir, ruler_sample_parser, write_markdown
+from bench.common import command, results_dir, ruler_sample_parser, run_main, write_json, write_markdown
 from bench.ruler import shipped_map
 from headwise.core.cache import HeadwiseCache
 from headwise.core.caches import from_prefill
@@ -67,9 +66,9 @@ def lost_and_saved(model, tokenizer, sample, ranking: hw.HeadMap, budget: float)
     mine = decode(model, tokenizer, first, from_prefill(prefilled, cache), sample.max_new_tokens)
     if score(sample.task, answer_text(model, tokenizer, mine), sample.outputs) == 100:
         return None
-    saved = []
+    saved, every = [], set(range(model_shape(model).num_kv_heads))
     for layer, heads in enumerate(kept):
-        for head in sorted(set(range(model_shape(model).num_kv_heads)) - set(heads)):
+        for head in sorted(every - set(heads)):
             trial = [[*h, head] if i == layer else h for i, h in enumerate(kept)]
             if reproduces(model, prefilled, trial, sink, window, answer):
                 saved.append([layer, head])
@@ -83,10 +82,10 @@ def main() -> None:
                         "retrieval, gates, cache or a head map file")  # fmt: skip
     parser.add_argument("--name", default="recover-dev")
     args = parser.parse_args()
+    tasks = ruler_data.check_tasks(args.tasks)  # before the model loads: a bad name fails fast
     model, tokenizer = hw.load_model(args.model, dtype=args.dtype)
     shape, name = model_shape(model), model_id(model).replace("/", "--")
     ranking = shipped_map(args.model, args.map, model)
-    tasks = ruler_data.check_tasks(args.tasks)
     seeds = [int(s) for s in args.seeds.split(",")]
     counts = np.zeros((shape.num_layers, shape.num_kv_heads))
     lost, began = [], time.perf_counter()
@@ -112,7 +111,7 @@ def main() -> None:
                kind="recover", method=method).save(out / f"headmap-{args.name}.json")  # fmt: skip
     doc = {"command": command(), "settings": method, "lost": lost,
            "seconds": round(time.perf_counter() - began, 1)}  # fmt: skip
-    (out / f"recover-{args.name}.json").write_text(json.dumps(doc, indent=1))
+    write_json(out / f"recover-{args.name}.json", doc)
     ranks = np.empty(counts.size, dtype=int)
     ranks[np.argsort(-ranking.kv_scores().ravel(), kind="stable")] = np.arange(counts.size)
     table = [f"| KV head (layer, head) | lost samples it recovers | rank in {args.map} |", "|---|---:|---:|"]
@@ -130,4 +129,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)
