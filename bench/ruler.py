@@ -50,6 +50,33 @@ def kept_lost(result, method: str) -> tuple[int, int, int]:
     return kept, lost, won
 
 
+def share_interval(pairs: dict[str, np.ndarray], draws: int = 10_000, seed: int = 0) -> tuple[float, float, float]:
+    """(share, low, high): a method's RULER average over the full cache's, from `pairs` (task -> rows of (full,
+    method) scores on the same samples), and its 95% interval by a paired bootstrap that redraws each task's
+    samples, so a reader sees how far the share could move on another draw of samples."""
+    rng = np.random.default_rng(seed)
+    full, mine = np.zeros(draws), np.zeros(draws)
+    for scores in pairs.values():
+        drawn = scores[rng.integers(0, len(scores), (draws, len(scores)))]  # (draws, samples, 2)
+        full += drawn[..., 0].mean(axis=1)
+        mine += drawn[..., 1].mean(axis=1)
+    share = np.mean([s[:, 1].mean() for s in pairs.values()]) / max(
+        np.mean([s[:, 0].mean() for s in pairs.values()]), 1e-9
+    )
+    low, high = np.percentile(mine / np.maximum(full, 1e-9), [2.5, 97.5])
+    return float(share), float(low), float(high)
+
+
+def paired_scores(outcomes, method: str, length: int) -> dict[str, np.ndarray]:
+    """Task -> rows of (full cache's score, `method`'s score) on the samples both answered at `length`."""
+    full = {(o.task, o.index): o.score for o in outcomes if (o.method, o.length) == ("full", length)}
+    pairs: dict[str, list[tuple[float, float]]] = {}
+    for o in outcomes:
+        if (o.method, o.length) == (method, length) and (o.task, o.index) in full:
+            pairs.setdefault(o.task, []).append((full[o.task, o.index], o.score))
+    return {task: np.array(rows) for task, rows in pairs.items()}
+
+
 def plot_budgets(result, path, title: str) -> None:
     """RULER average vs KV budget, one line per cache kind ("headwise-30%" -> headwise), full as a line."""
     from headwise.plots import _figure, _save
@@ -113,20 +140,23 @@ def reader_efficiency(result, config, layers: int, prompt: int) -> str:
 
 
 def cache_rows(result) -> list[str]:
-    """Each cache against the full cache: RULER average, share of full, KV held, answers kept/lost/won."""
+    """Each cache against the full cache: RULER average, share of full with its 95% interval (paired bootstrap
+    over samples), KV held, answers kept/lost/won."""
     scores = result.scores()
     full = {n: row["average"] for (m, n), row in scores.items() if m == "full"}
-    rows = ["| method | length | RULER average | % of full | KV held | kept / lost / won vs full | s per answer |",
-            "|---|---:|---:|---:|---:|---|---:|"]  # fmt: skip
+    rows = ["| method | length | RULER average | % of full | 95% interval | KV held | kept / lost / won vs full | "
+            "s per answer |", "|---|---:|---:|---:|---:|---:|---|---:|"]  # fmt: skip
     for (method, length), row in scores.items():
         if length not in full:
             continue
         ratio = result.kv_ratio(method)
         k, lost, won = kept_lost(result, method)
         secs = np.mean([o.seconds for o in result.outcomes if o.method == method])
+        _, low, high = share_interval(paired_scores(result.outcomes, method, length))
         rows.append(
             f"| {method} | {length} | {row['average']:.1f} | {row['average'] / max(full[length], 1e-9):.0%} | "
-            f"{'–' if ratio is None else f'{ratio:.0%}'} | {k} / {lost} / {won} | {secs:.2f} |"
+            f"{'–' if method == 'full' else f'{low:.0%}-{high:.0%}'} | {'–' if ratio is None else f'{ratio:.0%}'} "
+            f"| {k} / {lost} / {won} | {secs:.2f} |"
         )
     return rows
 
