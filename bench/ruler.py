@@ -50,21 +50,17 @@ def kept_lost(result, method: str) -> tuple[int, int, int]:
     return kept, lost, won
 
 
-def share_interval(pairs: dict[str, np.ndarray], draws: int = 10_000, seed: int = 0) -> tuple[float, float, float]:
-    """(share, low, high): a method's RULER average over the full cache's, from `pairs` (task -> rows of (full,
-    method) scores on the same samples), and its 95% interval by a paired bootstrap that redraws each task's
-    samples, so a reader sees how far the share could move on another draw of samples."""
+def share_interval(pairs: dict[str, np.ndarray], draws: int = 10_000, seed: int = 0) -> tuple[float, ...]:
+    """(full cache's RULER average, the method's, low, high) from `pairs` (task -> rows of (full, method) scores
+    on the same samples): [low, high] is the 95% interval of the method's share of full by a paired bootstrap
+    that redraws each task's samples, so a reader sees how far the share could move on another draw."""
     rng = np.random.default_rng(seed)
-    full, mine = np.zeros(draws), np.zeros(draws)
+    drawn = np.zeros((draws, 2))
     for scores in pairs.values():
-        drawn = scores[rng.integers(0, len(scores), (draws, len(scores)))]  # (draws, samples, 2)
-        full += drawn[..., 0].mean(axis=1)
-        mine += drawn[..., 1].mean(axis=1)
-    share = np.mean([s[:, 1].mean() for s in pairs.values()]) / max(
-        np.mean([s[:, 0].mean() for s in pairs.values()]), 1e-9
-    )
-    low, high = np.percentile(mine / np.maximum(full, 1e-9), [2.5, 97.5])
-    return float(share), float(low), float(high)
+        drawn += scores[rng.integers(0, len(scores), (draws, len(scores)))].mean(axis=1)  # (draws, 2)
+    low, high = np.percentile(drawn[:, 1] / np.maximum(drawn[:, 0], 1e-9), [2.5, 97.5])
+    full, mine = np.mean([scores.mean(axis=0) for scores in pairs.values()], axis=0)
+    return float(full), float(mine), float(low), float(high)
 
 
 def paired_scores(outcomes, method: str, length: int) -> dict[str, np.ndarray]:
@@ -152,7 +148,7 @@ def cache_rows(result) -> list[str]:
         ratio = result.kv_ratio(method)
         k, lost, won = kept_lost(result, method)
         secs = np.mean([o.seconds for o in result.outcomes if o.method == method])
-        _, low, high = share_interval(paired_scores(result.outcomes, method, length))
+        *_, low, high = share_interval(paired_scores(result.outcomes, method, length))
         rows.append(
             f"| {method} | {length} | {row['average']:.1f} | {row['average'] / max(full[length], 1e-9):.0%} | "
             f"{'–' if method == 'full' else f'{low:.0%}-{high:.0%}'} | {'–' if ratio is None else f'{ratio:.0%}'} "

@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 
-import numpy as np
-
 from bench.common import command, results_dir, run_main, write_json, write_markdown
 from bench.ruler import paired_scores, share_interval
 from headwise.eval.ruler import RulerOutcome
@@ -66,9 +64,8 @@ def main() -> None:
             raise SystemExit(f"error: --pool {pool!r} is not LABEL=RUN:METHOD,RUN:METHOD,...")
         outcomes, length, seeds = pooled(args.model, parts, label)
         pairs = paired_scores(outcomes, label, length)
-        share, low, high = share_interval(pairs)
-        full = float(np.mean([p[:, 0].mean() for p in pairs.values()]))
-        mine = float(np.mean([p[:, 1].mean() for p in pairs.values()]))
+        full, mine, low, high = share_interval(pairs)
+        share = mine / max(full, 1e-9)
         samples = sum(map(len, pairs.values()))
         rows.append({"label": label, "length": length, "seeds": seeds, "parts": [list(p) for p in parts],
                      "samples": samples, "full": full, "cache": mine, "share": share,
