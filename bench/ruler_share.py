@@ -60,8 +60,8 @@ def main() -> None:
     for pool in args.pool:
         label, _, spec = pool.partition("=")
         parts = [tuple(p.rsplit(":", 1)) for p in spec.split(",") if p]
-        if not label or not parts or any(len(p) != 2 for p in parts):
-            raise SystemExit(f"error: --pool {pool!r} is not LABEL=RUN:METHOD,RUN:METHOD,...")
+        if not label or label == "full" or not parts or any(len(p) != 2 for p in parts):
+            raise SystemExit(f"error: --pool {pool!r} is not LABEL=RUN:METHOD,RUN:METHOD,... (LABEL not 'full')")
         outcomes, length, seeds = pooled(args.model, parts, label)
         pairs = paired_scores(outcomes, label, length)
         full, mine, low, high = share_interval(pairs)
