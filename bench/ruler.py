@@ -50,7 +50,9 @@ def kept_lost(result, method: str) -> tuple[int, int, int]:
     return kept, lost, won
 
 
-def share_interval(pairs: dict[str, np.ndarray], draws: int = 10_000, seed: int = 0) -> tuple[float, ...]:
+def share_interval(
+    pairs: dict[str, np.ndarray], draws: int = 10_000, seed: int = 0
+) -> tuple[float, float, float, float]:
     """(full cache's RULER average, the method's, low, high) from `pairs` (task -> rows of (full, method) scores
     on the same samples): [low, high] is the 95% interval of the method's share of full by a paired bootstrap
     that redraws each task's samples, so a reader sees how far the share could move on another draw."""
